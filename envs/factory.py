@@ -1,0 +1,213 @@
+"""MiniWorld env factories: single envs, SB3 vector envs, and the ids they accept."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import io
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.rendering import configure_headless, give_own_display_list, import_miniworld
+
+configure_headless()
+
+# Tasks whose reward is reaching one goal object, held as ``env.box``.
+GOAL_TASKS = ("Hallway", "OneRoom", "FourRooms", "Maze", "Sidewalk", "ThreeRooms", "TMaze", "WallGap", "YMaze")
+
+# The benchmark suite: one MiniWorld task for each kind of DeepMind Lab task of the CPC paper.
+SUITE = (
+    "MiniWorld-TMaze-v0",
+    "MiniWorld-MazeS3Fast-v0",
+    "MiniWorld-FourRooms-v0",
+    "MiniWorld-PickupObjects-v0",
+    "MiniWorld-OneRoomS6Fast-v0",
+)
+
+VEC_ENV_KINDS = ("subproc", "dummy")
+START_METHODS = ("forkserver", "spawn", "fork")
+
+# The human-view window is never drawn by agents; at MiniWorld's 800x600 with 16 samples it
+# leaks ~36 MB per create/close, at this size next to nothing.
+_SMALL_WINDOW = {"window_width": 32, "window_height": 24}
+
+
+def list_envs() -> list[str]:
+    """The MiniWorld ids that :func:`make_env` accepts (those registered by the installed miniworld)."""
+    import_miniworld()
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("MiniWorld-"))
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ``ValueError`` naming the closest valid ids if ``env_id`` is not a MiniWorld id."""
+    known = list_envs()
+    if env_id in known:
+        return
+    close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown MiniWorld env id {env_id!r}.{hint} Valid ids: {', '.join(known)}")
+
+
+def _check_obs_size(obs_size: Any) -> tuple[int, int] | None:
+    if obs_size is None:
+        return None
+    if (
+        not isinstance(obs_size, (tuple, list))
+        or len(obs_size) != 2
+        or not all(isinstance(side, (int, np.integer)) and 8 <= side <= 1024 for side in obs_size)
+    ):
+        raise ValueError(f"obs_size must be (height, width), integers in [8, 1024]; got {obs_size!r}")
+    return int(obs_size[0]), int(obs_size[1])
+
+
+class MiniWorldAgentEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """
+    A MiniWorld env made for agents: its own display list, ground truth in ``info``, a seed that
+    applies to the first reset, and a ``close`` that frees what the env took.
+
+    ``info`` holds, at reset and every step, ``agent_pos`` (x, z), ``agent_dir`` (heading in
+    radians, wrapped to ``[-pi, pi)``) and, for tasks with one goal object, ``goal_pos`` (x, z).
+
+    :param env: a MiniWorld env made by ``gymnasium.make``.
+    :param seed: seed of the first reset (and of the action space).
+    """
+
+    def __init__(self, env: gym.Env, seed: int | None = None) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, seed=seed)
+        gym.Wrapper.__init__(self, env)
+        self._first_seed = seed
+        self._free_display_list = give_own_display_list(env.unwrapped)
+        self._has_goal = any(cls.__name__ in GOAL_TASKS for cls in type(env.unwrapped).__mro__)
+        if seed is not None:
+            self.action_space.seed(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        if seed is None and self._first_seed is not None:
+            seed, self._first_seed = self._first_seed, None
+        obs, info = self.env.reset(seed=seed, options=options)
+        return obs, self._add_ground_truth(info)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, float(reward), bool(terminated), bool(truncated), self._add_ground_truth(info)
+
+    def _add_ground_truth(self, info: dict) -> dict:
+        world = self.env.unwrapped
+        info = dict(info)
+        info["agent_pos"] = np.array([world.agent.pos[0], world.agent.pos[2]], dtype=np.float32)
+        info["agent_dir"] = float((world.agent.dir + math.pi) % (2 * math.pi) - math.pi)
+        if self._has_goal:
+            info["goal_pos"] = np.array([world.box.pos[0], world.box.pos[2]], dtype=np.float32)
+        return info
+
+    def close(self) -> None:
+        world = self.env.unwrapped
+        if getattr(world, "shadow_window", None) is None:
+            return
+        self._free_display_list()
+        self.env.close()
+        world.shadow_window.close()
+        world.shadow_window = None
+
+
+def make_env(
+    env_id: str,
+    *,
+    seed: int | None = None,
+    obs_size: tuple[int, int] | None = None,
+    **env_kwargs: Any,
+) -> gym.Env:
+    """
+    Make one MiniWorld env, headless, ready for an agent.
+
+    :param env_id: a MiniWorld id (see :func:`list_envs`).
+    :param seed: seed of the first reset; later resets continue its random stream.
+    :param obs_size: ``(height, width)`` of observations; MiniWorld's default is ``(60, 80)``.
+    :param env_kwargs: passed to the MiniWorld env (``max_episode_steps``, ``domain_rand``, ...).
+    :return: a gymnasium env with ``uint8`` channel-last image observations.
+    """
+    check_env_id(env_id)
+    size = _check_obs_size(obs_size)
+    if size is not None:
+        env_kwargs = {"obs_height": size[0], "obs_width": size[1], **env_kwargs}
+    if env_kwargs.get("render_mode") is None:
+        env_kwargs = {**_SMALL_WINDOW, **env_kwargs}
+    # miniworld prints "Falling back to num_samples=..." for every env it makes.
+    with contextlib.redirect_stdout(io.StringIO()):
+        env = gym.make(env_id, disable_env_checker=True, **env_kwargs)
+    if not isinstance(env.observation_space, gym.spaces.Box) or env.observation_space.dtype != np.uint8:
+        env.close()
+        raise ValueError(
+            f"{env_id} has {env.observation_space} observations; cpc-rl agents take uint8 images only "
+            f"(MiniWorld-Sign-v0 returns a Dict with its goal). Choose another id from envs.list_envs()."
+        )
+    return MiniWorldAgentEnv(env, seed=seed)
+
+
+def _make_monitored_env(
+    env_id: str, seed: int, obs_size: tuple[int, int] | None, monitor_path: str | None, env_kwargs: dict
+) -> gym.Env:
+    from stable_baselines3.common.monitor import Monitor
+
+    env = make_env(env_id, seed=seed, obs_size=obs_size, **env_kwargs)
+    return Monitor(env, filename=monitor_path, info_keywords=())
+
+
+def make_vec_env(
+    env_id: str,
+    n_envs: int,
+    *,
+    seed: int = 0,
+    vec_env: str = "subproc",
+    start_method: str | None = None,
+    obs_size: tuple[int, int] | None = None,
+    monitor_dir: str | None = None,
+    **env_kwargs: Any,
+) -> Any:
+    """
+    Make ``n_envs`` MiniWorld envs as an SB3 ``VecEnv``, each wrapped in SB3's ``Monitor``.
+
+    :param env_id: a MiniWorld id (see :func:`list_envs`).
+    :param n_envs: number of envs (>= 1).
+    :param seed: env ``i`` is seeded ``seed + i``.
+    :param vec_env: ``"subproc"`` (one process per env; MiniWorld steps are single-threaded) or
+        ``"dummy"`` (all envs in this process, stepped in turn).
+    :param start_method: for ``"subproc"``: ``"forkserver"`` (default where available), ``"spawn"``
+        or ``"fork"``.
+    :param obs_size: ``(height, width)`` of observations.
+    :param monitor_dir: folder for the ``Monitor`` CSVs (one per env), or None.
+    :param env_kwargs: passed to the MiniWorld env.
+    :return: a ``SubprocVecEnv`` or ``DummyVecEnv``.
+    """
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    if not isinstance(n_envs, (int, np.integer)) or isinstance(n_envs, bool) or n_envs < 1:
+        raise ValueError(f"n_envs must be an integer >= 1; got {n_envs!r}")
+    if vec_env not in VEC_ENV_KINDS:
+        raise ValueError(f"vec_env must be one of {VEC_ENV_KINDS}; got {vec_env!r}")
+    if start_method is not None and start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS} or None; got {start_method!r}")
+    check_env_id(env_id)
+    size = _check_obs_size(obs_size)
+    if monitor_dir is not None:
+        os.makedirs(monitor_dir, exist_ok=True)
+    env_fns: list[Callable[[], gym.Env]] = [
+        functools.partial(
+            _make_monitored_env,
+            env_id,
+            seed + rank,
+            size,
+            None if monitor_dir is None else os.path.join(monitor_dir, str(rank)),
+            env_kwargs,
+        )
+        for rank in range(n_envs)
+    ]
+    if vec_env == "dummy":
+        return DummyVecEnv(env_fns)
+    return SubprocVecEnv(env_fns, start_method=start_method)

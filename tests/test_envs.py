@@ -1,0 +1,202 @@
+"""envs/: real MiniWorld, headless, correct across envs and processes."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import psutil
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+
+FORWARD, TURN_LEFT, TURN_RIGHT = 2, 0, 1
+
+
+@pytest.mark.parametrize("env_id", [*envs.SUITE, "MiniWorld-Hallway-v0"])
+def test_gymnasium_and_sb3_checkers_pass(env_id):
+    env = envs.make_env(env_id, seed=0)
+    try:
+        gym_check_env(env, skip_render_check=True)
+        sb3_check_env(env, warn=False)
+        assert env.observation_space.shape == (60, 80, 3)
+        assert env.observation_space.dtype == np.uint8
+    finally:
+        env.close()
+
+
+def test_headless_in_a_fresh_process_without_display_prints_nothing():
+    environ = {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "PYGLET_HEADLESS", "LP_NUM_THREADS"}}
+    code = (
+        "import envs; e = envs.make_env('MiniWorld-OneRoom-v0', seed=0); o, _ = e.reset(); "
+        "o2 = e.step(2)[0]; e.close(); import sys; sys.stderr.write(str(o.shape) + str(int(o.std() > 0)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # miniworld's "Falling back to num_samples" is swallowed
+    assert result.stderr.endswith("(60, 80, 3)1")
+
+
+def run_alone(env_id, seed, actions):
+    env = envs.make_env(env_id, seed=seed)
+    frames = [env.reset()[0]]
+    frames += [env.step(a)[0] for a in actions]
+    env.close()
+    return frames
+
+
+def test_envs_in_one_process_never_draw_each_others_geometry():
+    actions = [FORWARD, TURN_LEFT, FORWARD, FORWARD, TURN_RIGHT, FORWARD] * 3
+    expected_maze = run_alone("MiniWorld-MazeS3Fast-v0", 1, actions)
+    expected_hall = run_alone("MiniWorld-Hallway-v0", 2, actions)
+    maze = envs.make_env("MiniWorld-MazeS3Fast-v0", seed=1)
+    hall = envs.make_env("MiniWorld-Hallway-v0", seed=2)
+    other_maze = envs.make_env("MiniWorld-MazeS3Fast-v0", seed=7)
+    try:
+        maze_frames, hall_frames = [maze.reset()[0]], [hall.reset()[0]]
+        other_maze.reset()
+        for step, action in enumerate(actions):
+            if step % 4 == 0:  # a reset rebuilds the other maze's static world
+                other_maze.reset()
+            maze_frames.append(maze.step(action)[0])
+            other_maze.step(action)
+            hall_frames.append(hall.step(action)[0])
+        for got, want in zip(maze_frames + hall_frames, expected_maze + expected_hall, strict=True):
+            assert np.array_equal(got, want)
+    finally:
+        for env in (maze, hall, other_maze):
+            env.close()
+
+
+def test_create_and_close_keeps_memory_flat():
+    process = psutil.Process()
+    env = envs.make_env("MiniWorld-OneRoom-v0", seed=0)
+    env.reset()
+    env.close()
+    before = process.memory_info().rss
+    for seed in range(15):
+        env = envs.make_env("MiniWorld-OneRoom-v0", seed=seed)
+        env.reset()
+        env.step(FORWARD)
+        env.close()
+    growth_mb = (process.memory_info().rss - before) / 2**20
+    assert growth_mb < 40, f"15 create/close cycles grew memory by {growth_mb:.0f} MB"
+
+
+def test_same_seed_same_observations_in_process_and_across_processes():
+    actions = [FORWARD, TURN_LEFT, FORWARD, TURN_RIGHT, FORWARD]
+    first = run_alone("MiniWorld-FourRooms-v0", 3, actions)
+    second = run_alone("MiniWorld-FourRooms-v0", 3, actions)
+    other = run_alone("MiniWorld-FourRooms-v0", 4, actions)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not np.array_equal(first[0], other[0])
+    vec = envs.make_vec_env("MiniWorld-FourRooms-v0", 2, seed=3, vec_env="subproc", start_method="spawn")
+    try:
+        first_obs = vec.reset()
+        frames = [first_obs[0]] + [vec.step(np.array([a, a]))[0][0] for a in actions]
+    finally:
+        vec.close()
+    assert all(np.array_equal(a, b) for a, b in zip(first, frames, strict=True))
+    assert np.array_equal(run_alone("MiniWorld-FourRooms-v0", 4, [])[0], first_obs[1])
+
+
+def test_time_limit_is_truncation_not_termination():
+    env = envs.make_env("MiniWorld-Hallway-v0", seed=0, max_episode_steps=6)
+    try:
+        env.reset()
+        for step in range(1, 7):
+            _, _, terminated, truncated, _ = env.step(TURN_LEFT)
+            assert not terminated
+            assert truncated == (step == 6)
+    finally:
+        env.close()
+
+
+def test_vec_env_marks_time_outs_for_bootstrapping():
+    vec = envs.make_vec_env("MiniWorld-Hallway-v0", 1, vec_env="dummy", max_episode_steps=3)
+    try:
+        vec.reset()
+        for _ in range(3):
+            _, _, dones, infos = vec.step(np.array([TURN_LEFT]))
+        assert dones[0] and infos[0]["TimeLimit.truncated"] and "terminal_observation" in infos[0]
+        assert infos[0]["episode"]["l"] == 3  # the Monitor wrapper logged the episode
+    finally:
+        vec.close()
+
+
+def test_ground_truth_follows_the_agent():
+    env = envs.make_env("MiniWorld-OneRoom-v0", seed=5)
+    try:
+        _, info = env.reset()
+        assert set(info) >= {"agent_pos", "agent_dir", "goal_pos"}
+        heading = info["agent_dir"]
+        _, _, _, _, moved = env.step(FORWARD)
+        displacement = moved["agent_pos"] - info["agent_pos"]
+        assert np.linalg.norm(displacement) > 0.05
+        # MiniWorld's heading points along (cos, -sin) in (x, z).
+        direction = np.array([math.cos(heading), -math.sin(heading)])
+        assert displacement @ direction / np.linalg.norm(displacement) > 0.95
+        _, _, _, _, turned = env.step(TURN_LEFT)
+        assert np.allclose(turned["agent_pos"], moved["agent_pos"])
+        assert turned["agent_dir"] != pytest.approx(moved["agent_dir"])
+        for _ in range(40):  # past 2 pi the heading stays wrapped
+            _, _, _, _, info = env.step(TURN_LEFT)
+            assert -math.pi <= info["agent_dir"] < math.pi
+        goal = info["goal_pos"]
+        goal[0] += 100  # a copy: the env's own state must not change
+        assert env.step(TURN_LEFT)[4]["goal_pos"][0] != goal[0]
+    finally:
+        env.close()
+
+
+def test_tasks_without_one_goal_have_no_goal_position():
+    env = envs.make_env("MiniWorld-CollectHealth-v0", seed=0)
+    try:
+        _, info = env.reset()
+        assert "goal_pos" not in info and "agent_pos" in info
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_subprocess_vec_env_with_each_start_method(start_method):
+    envs.make_env("MiniWorld-Hallway-v0").close()  # the parent has imported miniworld: the fork trap
+    vec = envs.make_vec_env("MiniWorld-Hallway-v0", 2, seed=0, start_method=start_method)
+    try:
+        obs = vec.reset()
+        obs, rewards, dones, infos = vec.step(np.array([FORWARD, TURN_LEFT]))
+        assert obs.shape == (2, 60, 80, 3) and obs.dtype == np.uint8
+        assert obs[0].std() > 0 and not np.array_equal(obs[0], obs[1])
+        assert "agent_pos" in infos[0]
+    finally:
+        vec.close()
+
+
+def test_obs_size_changes_observations():
+    env = envs.make_env("MiniWorld-Hallway-v0", obs_size=(48, 64))
+    try:
+        assert env.reset()[0].shape == (48, 64, 3)
+    finally:
+        env.close()
+
+
+def test_list_envs_holds_every_registered_miniworld_id():
+    ids = envs.list_envs()
+    assert "MiniWorld-Hallway-v0" in ids and set(envs.SUITE) <= set(ids)
+    assert all(env_id.startswith("MiniWorld-") for env_id in ids)
+
+
+def test_bad_input_gets_clear_errors():
+    with pytest.raises(ValueError, match="Did you mean MiniWorld-Hallway-v0"):
+        envs.make_env("MiniWorld-Halway-v0")
+    with pytest.raises(ValueError, match=r"obs_size must be \(height, width\)"):
+        envs.make_env("MiniWorld-Hallway-v0", obs_size=(0, 80))
+    with pytest.raises(ValueError, match="n_envs must be an integer >= 1"):
+        envs.make_vec_env("MiniWorld-Hallway-v0", 0)
+    with pytest.raises(ValueError, match="vec_env must be one of"):
+        envs.make_vec_env("MiniWorld-Hallway-v0", 1, vec_env="ray")
+    with pytest.raises(ValueError, match="uint8 images only"):
+        envs.make_env("MiniWorld-Sign-v0")
