@@ -94,15 +94,19 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| raw gym.make, LP_NUM_THREADS=0 | {rate['raw']:.0f} | |")
     threads_gain = rate["raw"] / rate["raw, llvmpipe threads"] - 1
-    print(f"| raw gym.make, llvmpipe threads | {rate['raw, llvmpipe threads']:.0f} | "
-          f"LP_NUM_THREADS=0 is {threads_gain:+.0%} |")
+    print(
+        f"| raw gym.make, llvmpipe threads | {rate['raw, llvmpipe threads']:.0f} | "
+        f"LP_NUM_THREADS=0 is {threads_gain:+.0%} |"
+    )
     overhead = 1 - rate["make_env"] / rate["raw"]
     print(f"| envs.make_env | {rate['make_env']:.0f} | wrapper overhead {overhead:.1%} |")
     one = rate["vec n=1"]
     for n in sorted({1, 2, n_cpu}):
         efficiency = rate[f"vec n={n}"] / (n * rate["make_env"])
-        print(f"| make_vec_env subproc n={n} | {rate[f'vec n={n}']:.0f} | scaling efficiency {efficiency:.2f} "
-              f"(vs one in-process env), {rate[f'vec n={n}'] / one:.2f}x vec n=1 |")
+        print(
+            f"| make_vec_env subproc n={n} | {rate[f'vec n={n}']:.0f} | scaling efficiency {efficiency:.2f} "
+            f"(vs one in-process env), {rate[f'vec n={n}'] / one:.2f}x vec n=1 |"
+        )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,18 @@ def _mean_over_steps_with_pairs(values: torch.Tensor) -> float:
     return float(values[present].mean()) if present.any() else math.nan
 
 
+def _summarise(
+    losses: torch.Tensor, correct: torch.Tensor, num_candidates: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean loss, accuracy and MI bound over the valid ``rows`` (last dimension)."""
+    count = rows.sum(-1).clamp(min=1)
+    mean_loss = torch.where(rows, losses, 0.0).sum(-1) / count
+    with torch.no_grad():
+        accuracy = (correct * rows).sum(-1) / count
+        bound = torch.where(rows, torch.log(num_candidates.float()) - losses, 0.0).sum(-1) / count
+    return mean_loss, accuracy, bound
+
+
 def valid_pairs(episode_starts: torch.Tensor, horizon: int) -> torch.Tensor:
     """
     Which (t, t+k) pairs may be used.
@@ -89,6 +101,9 @@ class CPCHead(nn.Module):
         started from ``c_t`` and fed the embedded actions ``a_t .. a_{t+k-1}`` predicts
         ``z_{t+k}``. ``forward`` then needs ``actions``.
     :param action_embed_dim: size of the action embedding of CPC|A.
+    :param score_dim: if set, score in a learned ``score_dim``-dimensional projection of ``z``:
+        ``f_k = (P z_{t+k})^T W_k c_t``, a rank-``score_dim`` bilinear critic that costs about
+        ``embed_dim / score_dim`` times less than scoring in the embedding space (None, the paper).
     """
 
     def __init__(
@@ -100,11 +115,14 @@ class CPCHead(nn.Module):
         num_negatives: int | None = None,
         action_dim: int | None = None,
         action_embed_dim: int = 32,
+        score_dim: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("embed_dim", embed_dim), ("context_dim", context_dim), ("horizon", horizon)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if score_dim is not None and (not isinstance(score_dim, int) or score_dim < 1):
+            raise ValueError(f"score_dim must be None or an integer >= 1; got {score_dim!r}")
         if negatives not in NEGATIVE_STRATEGIES:
             raise ValueError(f"negatives must be one of {NEGATIVE_STRATEGIES}; got {negatives!r}")
         if num_negatives is not None and (not isinstance(num_negatives, int) or num_negatives < 1):
@@ -117,19 +135,22 @@ class CPCHead(nn.Module):
         self.negatives = negatives
         self.num_negatives = num_negatives
         self.action_dim = action_dim
+        self.score_dim = score_dim or embed_dim
+        self.key_projection = None if score_dim is None else nn.Linear(embed_dim, score_dim, bias=False)
         if action_dim is None:
             bound = 1.0 / math.sqrt(context_dim)
-            self.predictors = nn.Parameter(torch.empty(horizon, context_dim, embed_dim).uniform_(-bound, bound))
+            self.predictors = nn.Parameter(torch.empty(horizon, context_dim, self.score_dim).uniform_(-bound, bound))
         else:
             self.action_embedding = nn.Embedding(action_dim, action_embed_dim)
             self.belief_init = nn.Linear(context_dim, context_dim)
             self.belief_gru = nn.GRU(action_embed_dim, context_dim)
-            self.belief_readout = nn.Linear(context_dim, embed_dim)
+            self.belief_readout = nn.Linear(context_dim, self.score_dim)
 
     def extra_repr(self) -> str:
         return (
             f"embed_dim={self.embed_dim}, context_dim={self.context_dim}, horizon={self.horizon}, "
-            f"negatives={self.negatives!r}, num_negatives={self.num_negatives}, action_dim={self.action_dim}"
+            f"negatives={self.negatives!r}, num_negatives={self.num_negatives}, action_dim={self.action_dim}, "
+            f"score_dim={self.score_dim}"
         )
 
     def predict(self, contexts: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,7 +159,8 @@ class CPCHead(nn.Module):
 
         :param contexts: ``(T, B, context_dim)``.
         :param actions: ``(T, B)`` discrete actions (CPC|A only).
-        :return: ``(K, T, B, embed_dim)``: ``[k-1, t]`` predicts ``z_{t+k}``.
+        :return: ``(K, T, B, score_dim)``: ``[k-1, t]`` predicts ``z_{t+k}`` (its projection if
+            ``score_dim`` is set).
         """
         if self.action_dim is None:
             return torch.einsum("tbc,kce->ktbe", contexts, self.predictors)
@@ -150,7 +172,7 @@ class CPCHead(nn.Module):
         inputs = windows.permute(3, 0, 1, 2).reshape(self.horizon, num_steps * batch, -1)
         initial = torch.tanh(self.belief_init(contexts.reshape(1, num_steps * batch, -1)))
         beliefs, _ = self.belief_gru(inputs, initial.contiguous())
-        return self.belief_readout(beliefs).reshape(self.horizon, num_steps, batch, self.embed_dim)
+        return self.belief_readout(beliefs).reshape(self.horizon, num_steps, batch, self.score_dim)
 
     def forward(
         self,
@@ -172,35 +194,94 @@ class CPCHead(nn.Module):
         num_steps, batch, _ = embeddings.shape
         valid = valid_pairs(episode_starts, self.horizon)
         predictions = self.predict(contexts, actions)
+        keys = embeddings if self.key_projection is None else self.key_projection(embeddings)
+        num_pairs = valid.sum(dim=(1, 2))
+        reachable = min(self.horizon, num_steps - 1)
+        cells = num_steps * batch
+        if self.num_negatives is None and reachable * cells * cells <= self.batched_scores_limit:
+            step_loss, accuracy, mi_bound = self._score_steps_at_once(predictions, keys, valid)
+        else:
+            step_loss, accuracy, mi_bound = self._score_step_by_step(predictions, keys, valid)
+        has_pairs = num_pairs > 0
+        if bool(has_pairs.any()):
+            loss = step_loss[has_pairs].mean()
+        else:
+            # Zero, yet connected to the inputs so that backward() works and gives zero gradients.
+            loss = predictions.sum() * 0.0 + keys.sum() * 0.0
+        nan = torch.tensor(math.nan, device=embeddings.device)
+        return CPCOutput(
+            loss=loss,
+            accuracy=torch.where(has_pairs, accuracy.detach(), nan),
+            mi_bound=torch.where(has_pairs, mi_bound.detach(), nan),
+            num_pairs=num_pairs,
+        )
+
+    # Above this many scores (K * N * N) the steps are scored one k at a time, on exactly the
+    # anchors and targets that fit; below it, all at once, where op count outweighs wasted FLOPs.
+    batched_scores_limit = 2**22
+
+    def _score_step_by_step(
+        self, predictions: torch.Tensor, embeddings: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        num_steps = embeddings.shape[0]
         # One unbind instead of K slices: each slice's backward would zero a (K, T, B, E) buffer.
         step_predictions = predictions.unbind(0)
-        device = embeddings.device
-        nan = torch.full((self.horizon,), math.nan, device=device)
-        accuracy, mi_bound = nan.clone(), nan.clone()
-        num_pairs = valid.sum(dim=(1, 2))
-        step_losses = []
-        for k in range(1, min(self.horizon, num_steps - 1) + 1):
+        zero = embeddings.new_zeros(())
+        summaries = []
+        for k in range(1, self.horizon + 1):
             anchors = valid[k - 1, : num_steps - k]  # (T-k, B); also the valid targets, shifted by k
-            if not anchors.any():
+            if k >= num_steps or not anchors.any():
+                summaries.append((zero, zero, zero))
                 continue
             queries = step_predictions[k - 1][: num_steps - k]
             targets = embeddings[k:]
             if self.num_negatives is None:
-                losses, correct, num_candidates = self._score_all_candidates(queries, targets, anchors)
+                scored = self._score_all_candidates(queries, targets, anchors)
+                rows = anchors.reshape(-1)
             else:
-                losses, correct, num_candidates = self._score_sampled_candidates(queries, targets, anchors)
-            rows = anchors.reshape(-1) if self.num_negatives is None else anchors.T.reshape(-1)
-            count = rows.sum()
-            step_losses.append(torch.where(rows, losses, 0.0).sum() / count)
-            with torch.no_grad():
-                accuracy[k - 1] = correct[rows].mean()
-                mi_bound[k - 1] = (torch.log(num_candidates[rows].float()) - losses[rows]).mean()
-        if step_losses:
-            loss = torch.stack(step_losses).mean()
+                scored = self._score_sampled_candidates(queries, targets, anchors)
+                rows = anchors.T.reshape(-1)
+            summaries.append(_summarise(*scored, rows))
+        step_loss, accuracy, mi_bound = (torch.stack(column) for column in zip(*summaries, strict=True))
+        return step_loss, accuracy, mi_bound
+
+    def _score_steps_at_once(
+        self, predictions: torch.Tensor, embeddings: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All ``(K, N, N)`` scores in one matmul; row ``(t, b)``'s positive at step k is ``(t+k, b)``."""
+        horizon, num_steps, batch, _ = predictions.shape
+        cells = num_steps * batch
+        device = embeddings.device
+        logits = torch.matmul(predictions.reshape(horizon, cells, -1), embeddings.reshape(cells, -1).T)
+        steps = torch.arange(1, horizon + 1, device=device)
+        # Target (s, b) is valid at step k iff anchor (s-k, b) is.
+        source = torch.arange(num_steps, device=device)[None, :] - steps[:, None]
+        target_valid = valid.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, batch)) & (source >= 0)[..., None]
+        cell = torch.arange(cells, device=device)
+        positive = (cell[None, :] + steps[:, None] * batch).clamp(max=cells - 1)  # (K, N)
+        allowed = target_valid.reshape(horizon, 1, cells)
+        valid_targets = target_valid.reshape(horizon, cells).float()
+        if self.negatives == "all":
+            num_candidates = valid_targets.sum(1, keepdim=True).expand(horizon, cells)
         else:
-            # Zero, yet connected to the inputs so that backward() works and gives zero gradients.
-            loss = predictions.sum() * 0.0 + embeddings.sum() * 0.0
-        return CPCOutput(loss=loss, accuracy=accuracy, mi_bound=mi_bound, num_pairs=num_pairs)
+            same = (cell % batch)[:, None] == (cell % batch)[None, :]
+            by_sequence = same if self.negatives == "same_sequence" else ~same
+            is_positive = cell[None, None, :] == positive[:, :, None]
+            allowed = allowed & (by_sequence | is_positive)
+            # Counted by a matmul rather than summing the (K, N, N) mask; the positive is counted
+            # for "other_sequences" only, as "same_sequence" already holds it.
+            num_candidates = valid_targets @ by_sequence.float().T + float(self.negatives == "other_sequences")
+        # Masked here, where the mask can broadcast, rather than materialised for scored_nce.
+        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+        losses, correct, num_candidates = scored_nce(
+            logits.reshape(horizon * cells, cells),
+            positive.reshape(-1),
+            num_candidates=num_candidates.round().long().reshape(-1),
+        )
+        reshape = (horizon, cells)
+        return _summarise(
+            losses.view(reshape), correct.view(reshape), num_candidates.view(reshape), valid.reshape(reshape)
+        )
 
     def _score_all_candidates(
         self, queries: torch.Tensor, targets: torch.Tensor, anchors: torch.Tensor

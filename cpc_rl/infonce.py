@@ -7,7 +7,10 @@ import torch.nn.functional as F
 
 
 def scored_nce(
-    logits: torch.Tensor, positive: torch.Tensor, allowed: torch.Tensor | None = None
+    logits: torch.Tensor,
+    positive: torch.Tensor,
+    allowed: torch.Tensor | None = None,
+    num_candidates: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     Per-row InfoNCE from scores that are already computed.
@@ -16,14 +19,17 @@ def scored_nce(
     :param positive: ``(N,)`` column of each row's positive.
     :param allowed: optional ``(N, M)`` bool mask of the candidates each row may use; the
         positive must be allowed. Disallowed entries take no part and get zero gradient.
+    :param num_candidates: ``(N,)`` number of allowed entries per row, if the caller knows it
+        (saves a pass over ``allowed``).
     :return: per-row cross-entropy, per-row correctness (positive scored highest, as float)
         and per-row number of candidates (positive included).
     """
     if allowed is not None:
         # A finite fill (not -inf) keeps rows that end up with nothing allowed free of NaN.
         logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
-        num_candidates = allowed.sum(dim=1)
-    else:
+        if num_candidates is None:
+            num_candidates = allowed.sum(dim=1)
+    elif num_candidates is None:
         num_candidates = torch.full_like(positive, logits.shape[1])
     losses = F.cross_entropy(logits.float(), positive, reduction="none")
     correct = (logits.argmax(dim=1) == positive).float()

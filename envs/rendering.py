@@ -63,8 +63,9 @@ def import_miniworld() -> Any:
             import miniworld.miniworld as miniworld_core
     except Exception as error:  # pyglet raises ImportError, OSError or its own errors
         sys.modules.pop("miniworld", None)
-        raise RendererUnavailableError(f"could not start an OpenGL renderer for MiniWorld ({error}). "
-                                       f"{_RENDERER_HELP}") from error
+        raise RendererUnavailableError(
+            f"could not start an OpenGL renderer for MiniWorld ({error}). {_RENDERER_HELP}"
+        ) from error
     _route_display_list_one(miniworld_core)
     return miniworld
 

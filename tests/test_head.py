@@ -9,6 +9,14 @@ from torch import nn
 from cpc_rl import CPCHead, valid_pairs
 
 
+@pytest.fixture(params=["steps_at_once", "step_by_step"])
+def scoring(request, monkeypatch):
+    """Run a test through both scoring paths of the head (they must agree)."""
+    if request.param == "step_by_step":
+        monkeypatch.setattr(CPCHead, "batched_scores_limit", 0)
+    return request.param
+
+
 def direct_valid_pairs(starts: torch.Tensor, horizon: int) -> torch.Tensor:
     num_steps, batch = starts.shape
     valid = torch.zeros(horizon, num_steps, batch, dtype=torch.bool)
@@ -27,7 +35,7 @@ def random_inputs(num_steps=12, batch=3, dim=6, start_prob=0.2, seed=0):
     return embeddings, contexts, starts
 
 
-def test_valid_pairs_and_num_pairs_match_a_direct_count():
+def test_valid_pairs_and_num_pairs_match_a_direct_count(scoring):
     for seed in range(5):
         _, _, starts = random_inputs(num_steps=15, batch=4, start_prob=0.25, seed=seed)
         expected = direct_valid_pairs(starts, 6)
@@ -40,7 +48,7 @@ def test_valid_pairs_and_num_pairs_match_a_direct_count():
 
 @pytest.mark.parametrize("num_negatives", [None, 4])
 @pytest.mark.parametrize("action_dim", [None, 3])
-def test_inputs_only_in_pairs_across_episode_starts_get_exactly_zero_gradient(num_negatives, action_dim):
+def test_inputs_only_in_pairs_across_episode_starts_get_exactly_zero_gradient(num_negatives, action_dim, scoring):
     embeddings, contexts, starts = random_inputs(num_steps=14, batch=3, start_prob=0.3, seed=4)
     head = CPCHead(6, 6, horizon=4, num_negatives=num_negatives, action_dim=action_dim)
     actions = torch.randint(0, 3, (14, 3)) if action_dim else None
@@ -59,7 +67,7 @@ def test_inputs_only_in_pairs_across_episode_starts_get_exactly_zero_gradient(nu
         assert torch.all(embedding_grad[is_target] > 0)
 
 
-def test_all_episode_starts_give_zero_loss_without_nan():
+def test_all_episode_starts_give_zero_loss_without_nan(scoring):
     embeddings, contexts, _ = random_inputs()
     head = CPCHead(6, 6, horizon=3)
     out = head(embeddings, contexts, torch.ones(12, 3, dtype=torch.bool))
@@ -71,7 +79,7 @@ def test_all_episode_starts_give_zero_loss_without_nan():
     assert math.isnan(out.mean_accuracy)
 
 
-def test_horizon_longer_than_sequence_has_no_pairs_beyond_it():
+def test_horizon_longer_than_sequence_has_no_pairs_beyond_it(scoring):
     embeddings, contexts, _ = random_inputs(num_steps=5)
     out = CPCHead(6, 6, horizon=8)(embeddings, contexts, torch.zeros(5, 3, dtype=torch.bool))
     assert out.num_pairs.tolist() == [12, 9, 6, 3, 0, 0, 0, 0]
@@ -109,12 +117,25 @@ def reference_loss(head, embeddings, contexts, starts, allowed_fn):
         ("other_sequences", lambda b, c: b != c),
     ],
 )
-def test_negative_strategies_use_exactly_the_right_candidates(negatives, allowed_fn):
+def test_negative_strategies_use_exactly_the_right_candidates(negatives, allowed_fn, scoring):
     embeddings, contexts, starts = random_inputs(num_steps=8, batch=3, start_prob=0.2, seed=7)
     head = CPCHead(6, 6, horizon=3, negatives=negatives)
     out = head(embeddings, contexts, starts)
     expected = reference_loss(head, embeddings, contexts, starts, allowed_fn)
     assert torch.allclose(out.loss, expected, atol=1e-5)
+
+
+def test_both_scoring_paths_agree(monkeypatch):
+    embeddings, contexts, starts = random_inputs(num_steps=10, batch=3, start_prob=0.2, seed=11)
+    for negatives in ("all", "same_sequence", "other_sequences"):
+        head = CPCHead(6, 6, horizon=12, negatives=negatives)
+        at_once = head(embeddings, contexts, starts)
+        monkeypatch.setattr(CPCHead, "batched_scores_limit", 0)
+        by_step = head(embeddings, contexts, starts)
+        monkeypatch.undo()
+        assert torch.allclose(at_once.loss, by_step.loss, atol=1e-5)
+        assert torch.allclose(at_once.accuracy, by_step.accuracy, equal_nan=True)
+        assert torch.allclose(at_once.mi_bound, by_step.mi_bound, atol=1e-5, equal_nan=True)
 
 
 @pytest.mark.parametrize("negatives", ["all", "same_sequence", "other_sequences"])
@@ -157,14 +178,14 @@ def test_sampled_negatives_cost_scales_with_num_negatives():
     assert (out.mi_bound[~torch.isnan(out.mi_bound)] <= mi_upper + 1e-6).all()
 
 
-def test_mi_bound_is_at_most_log_n():
+def test_mi_bound_is_at_most_log_n(scoring):
     embeddings, contexts, starts = random_inputs(num_steps=10, batch=2, start_prob=0.0, seed=5)
     out = CPCHead(6, 6, horizon=2)(embeddings * 10, contexts * 10, starts)
     for k in range(2):
         assert out.mi_bound[k].item() <= math.log(out.num_pairs[k].item()) + 1e-6
 
 
-def test_gradients_reach_embeddings_contexts_and_head():
+def test_gradients_reach_embeddings_contexts_and_head(scoring):
     embeddings, contexts, starts = random_inputs(start_prob=0.0)
     head = CPCHead(6, 6, horizon=3)
     head(embeddings, contexts, starts).loss.backward()

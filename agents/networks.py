@@ -1,0 +1,46 @@
+"""Networks of the paper's agent for MiniWorld's small first-person frames."""
+
+from __future__ import annotations
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+
+class FrameEncoder(BaseFeaturesExtractor):
+    """
+    Conv encoder that maps each frame to one vector ``z_t`` (the CPC paper's ``g_enc``).
+
+    Three strided convolutions sized for 60x80 frames (any size of at least 36x36 works),
+    then a linear layer. Images arrive scaled to [0, 1] by SB3 (``normalize_images=True``).
+
+    :param observation_space: a channel-first image ``Box`` (SB3 transposes channel-last images).
+    :param features_dim: size of ``z_t``.
+    """
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 256) -> None:
+        super().__init__(observation_space, features_dim)
+        if len(observation_space.shape) != 3:
+            raise ValueError(
+                f"FrameEncoder needs image observations (C, H, W); got shape {observation_space.shape}. "
+                "Use an MlpPolicy for vector observations."
+            )
+        channels, height, width = observation_space.shape
+        if min(height, width) < 36:
+            raise ValueError(f"FrameEncoder needs frames of at least 36x36; got {height}x{width}")
+        self.convolutions = nn.Sequential(
+            nn.Conv2d(channels, 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat_size = self.convolutions(torch.zeros(1, *observation_space.shape)).shape[1]
+        self.projection = nn.Sequential(nn.Linear(flat_size, features_dim), nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.convolutions(observations))

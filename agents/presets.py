@@ -1,0 +1,89 @@
+"""Hyper-parameters of the agents that run_agent.py trains, with and without CPC, in one place."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from agents.networks import FrameEncoder
+
+ALGORITHMS = ("a2c", "ppo", "recurrent_ppo")
+AUX_CHOICES = ("cpc", "cpca", "none")
+
+_ENCODER = {"features_extractor_class": FrameEncoder, "features_extractor_kwargs": {"features_dim": 256}}
+
+# The paper's agent: A2C-style updates on unrolls of 100 steps, predicting up to 30 steps ahead.
+PRESETS: dict[str, dict[str, Any]] = {
+    "a2c": {
+        "policy": "CnnPolicy",
+        "n_envs": 4,
+        "algo_kwargs": {
+            "n_steps": 100,
+            "learning_rate": 5e-4,
+            "gamma": 0.99,
+            "gae_lambda": 0.95,
+            "ent_coef": 0.01,
+            "vf_coef": 0.5,
+            "max_grad_norm": 0.5,
+            "policy_kwargs": {**_ENCODER},
+        },
+        "cpc_kwargs": {"coef": 1.0, "horizon": 30, "score_dim": 64},
+    },
+    "ppo": {
+        "policy": "CnnPolicy",
+        "n_envs": 4,
+        "algo_kwargs": {
+            "n_steps": 100,
+            "batch_size": 200,
+            "n_epochs": 4,
+            "learning_rate": 3e-4,
+            "gamma": 0.99,
+            "gae_lambda": 0.95,
+            "clip_range": 0.2,
+            "ent_coef": 0.01,
+            "vf_coef": 0.5,
+            "max_grad_norm": 0.5,
+            "policy_kwargs": {**_ENCODER},
+        },
+        "cpc_kwargs": {"coef": 1.0, "horizon": 30, "score_dim": 64, "sequence_length": 50},
+    },
+    "recurrent_ppo": {
+        "policy": "CnnLstmPolicy",
+        "n_envs": 4,
+        "algo_kwargs": {
+            "n_steps": 100,
+            "batch_size": 200,
+            "n_epochs": 4,
+            "learning_rate": 3e-4,
+            "gamma": 0.99,
+            "gae_lambda": 0.95,
+            "clip_range": 0.2,
+            "ent_coef": 0.01,
+            "vf_coef": 0.5,
+            "max_grad_norm": 0.5,
+            "policy_kwargs": {**_ENCODER, "lstm_hidden_size": 256, "n_lstm_layers": 1},
+        },
+        "cpc_kwargs": {"coef": 1.0, "horizon": 30, "score_dim": 64},
+    },
+}
+
+
+def preset(algo: str, aux: str | None) -> dict[str, Any]:
+    """
+    A deep copy of the preset of ``algo``, with ``cpc_kwargs`` set for ``aux``.
+
+    :param algo: one of :data:`ALGORITHMS`.
+    :param aux: ``"cpc"``, ``"cpca"`` (action-conditioned CPC), or ``"none"``/None.
+    :return: ``{"policy", "n_envs", "algo_kwargs", "cpc_kwargs"}``; ``cpc_kwargs`` is None without CPC.
+    """
+    if algo not in PRESETS:
+        raise ValueError(f"unknown algo {algo!r}; choose one of {ALGORITHMS}")
+    aux = "none" if aux is None else aux
+    if aux not in AUX_CHOICES:
+        raise ValueError(f"unknown aux {aux!r}; choose one of {AUX_CHOICES}")
+    config = copy.deepcopy(PRESETS[algo])
+    if aux == "none":
+        config["cpc_kwargs"] = None
+    elif aux == "cpca":
+        config["cpc_kwargs"]["action_conditioned"] = True
+    return config

@@ -1,0 +1,168 @@
+"""A2C, PPO and RecurrentPPO with the CPC auxiliary loss: drop-in subclasses taking ``cpc_kwargs``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
+
+from cpc_rl.sb3.buffers import SequenceRecurrentRolloutBuffer, SequenceRolloutBuffer
+from cpc_rl.sb3.config import resolve_cpc_kwargs
+from cpc_rl.sb3.policies import (
+    CPCActorCriticCnnPolicy,
+    CPCActorCriticPolicy,
+    CPCRecurrentActorCriticCnnPolicy,
+    CPCRecurrentActorCriticPolicy,
+    _CPCPolicyMixin,
+)
+
+_FEEDFORWARD_POLICIES: dict[Any, type] = {
+    "MlpPolicy": CPCActorCriticPolicy,
+    "CnnPolicy": CPCActorCriticCnnPolicy,
+    ActorCriticPolicy: CPCActorCriticPolicy,
+    ActorCriticCnnPolicy: CPCActorCriticCnnPolicy,
+}
+
+
+def _cpc_policy_class(policy: Any, known: dict[Any, type]) -> type:
+    if isinstance(policy, type) and issubclass(policy, _CPCPolicyMixin):
+        return policy
+    if policy in known:
+        return known[policy]
+    names = sorted(name for name in known if isinstance(name, str))
+    raise ValueError(
+        f"policy {policy!r} cannot carry a CPC head: use one of {names}, a cpc_rl.sb3 policy class, "
+        "or a subclass of one"
+    )
+
+
+class _CPCAlgorithmMixin:
+    """Shared by the CPC algorithms: settings, logging of the CPC figures."""
+
+    cpc_kwargs: dict[str, Any] | None
+
+    def _prepare_cpc(self, known_policies: dict[Any, type], sequence_length: int | None) -> dict[str, Any] | None:
+        """Resolve ``cpc_kwargs`` and point the policy class and kwargs at the CPC policy."""
+        if self.cpc_kwargs is None:
+            return None
+        if not isinstance(self.observation_space, spaces.Box):
+            raise ValueError(
+                f"CPC needs image or vector (Box) observations; got {self.observation_space}. "
+                "Wrap the env so that it returns one array, or set cpc_kwargs=None."
+            )
+        settings = resolve_cpc_kwargs(self.cpc_kwargs, self.action_space, self.n_steps, sequence_length)
+        self.cpc_kwargs = settings
+        self.policy_class = _cpc_policy_class(self.policy_class, known_policies)
+        self.policy_kwargs = {**self.policy_kwargs, "cpc_kwargs": settings}
+        return settings
+
+    def _record_cpc_figures(self) -> None:
+        outputs = self.policy.pop_cpc_outputs()
+        if not outputs:
+            return
+        accuracy = torch.stack([output.accuracy for output in outputs]).float().cpu().numpy()
+        mi_bound = torch.stack([output.mi_bound for output in outputs]).float().cpu().numpy()
+        loss = torch.stack([output.loss for output in outputs]).float().cpu().numpy()
+        per_step = np.nanmean(accuracy, axis=0) if not np.isnan(accuracy).all() else accuracy[0]
+        horizon = accuracy.shape[1]
+        self.logger.record("train/cpc_loss", float(loss.mean()))
+        self.logger.record("train/cpc_accuracy", float(np.nanmean(per_step)))
+        self.logger.record("train/cpc_accuracy_k1", float(per_step[0]))
+        self.logger.record(f"train/cpc_accuracy_k{horizon}", float(per_step[-1]))
+        self.logger.record("train/cpc_mi_bound", float(np.nanmean(mi_bound)))
+
+
+class _FeedForwardCPCMixin(_CPCAlgorithmMixin):
+    def _setup_model(self) -> None:
+        batch_size = getattr(self, "batch_size", None)
+        requested = (self.cpc_kwargs or {}).get("sequence_length")
+        length = requested or (min(self.n_steps, batch_size) if batch_size else self.n_steps)
+        settings = self._prepare_cpc(_FEEDFORWARD_POLICIES, length)
+        if settings is not None:
+            self.rollout_buffer_class = SequenceRolloutBuffer
+            self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "sequence_length": length}
+        super()._setup_model()
+        if settings is not None:
+            self.rollout_buffer.sequence_listener = self.policy.expect_sequences
+
+    def train(self) -> None:
+        super().train()
+        if self.cpc_kwargs is not None:
+            self._record_cpc_figures()
+
+
+class CPCA2C(_FeedForwardCPCMixin, A2C):
+    """
+    SB3's A2C with the CPC auxiliary loss (the paper's RL setting). Takes every argument of
+    ``A2C`` plus ``cpc_kwargs`` (see :data:`cpc_rl.sb3.config.CPC_DEFAULTS`); ``cpc_kwargs=None``
+    is plain A2C. Contexts come from a GRU over the encoder's features that the head brings.
+
+    :param cpc_kwargs: CPC settings, or None for no auxiliary loss.
+    """
+
+    def __init__(self, policy: Any, env: Any, *args: Any, cpc_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        self.cpc_kwargs = cpc_kwargs
+        super().__init__(policy, env, *args, **kwargs)
+
+
+class CPCPPO(_FeedForwardCPCMixin, PPO):
+    """
+    SB3's PPO with the CPC auxiliary loss. With CPC, minibatches are made of time-contiguous
+    pieces of ``cpc_kwargs['sequence_length']`` steps (default ``min(n_steps, batch_size)``).
+
+    :param cpc_kwargs: CPC settings, or None for plain PPO.
+    """
+
+    def __init__(self, policy: Any, env: Any, *args: Any, cpc_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        self.cpc_kwargs = cpc_kwargs
+        super().__init__(policy, env, *args, **kwargs)
+
+
+class CPCRecurrentPPO(_CPCAlgorithmMixin, RecurrentPPO):
+    """
+    sb3-contrib's RecurrentPPO with the CPC auxiliary loss on the actor LSTM (the paper's
+    agent: conv encoder + LSTM). Its policies run each training sequence through the LSTMs in
+    one call, also with ``cpc_kwargs=None``, which is RecurrentPPO otherwise.
+
+    :param cpc_kwargs: CPC settings, or None for no auxiliary loss.
+    """
+
+    def __init__(self, policy: Any, env: Any, *args: Any, cpc_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        self.cpc_kwargs = cpc_kwargs
+        super().__init__(policy, env, *args, **kwargs)
+
+    def _setup_model(self) -> None:
+        from sb3_contrib.common.recurrent.policies import RecurrentActorCriticCnnPolicy, RecurrentActorCriticPolicy
+
+        known = {
+            RecurrentActorCriticPolicy: CPCRecurrentActorCriticPolicy,
+            RecurrentActorCriticCnnPolicy: CPCRecurrentActorCriticCnnPolicy,
+        }
+        if self._prepare_cpc(known, None) is None and self.policy_class in known:
+            self.policy_class = known[self.policy_class]  # the faster sequence path, no head
+        super()._setup_model()
+        if self.cpc_kwargs is not None:
+            if isinstance(self.observation_space, spaces.Dict):
+                raise ValueError("CPCRecurrentPPO with CPC needs Box observations")
+            buffer = self.rollout_buffer
+            self.rollout_buffer = SequenceRecurrentRolloutBuffer(
+                self.n_steps,
+                self.observation_space,
+                self.action_space,
+                buffer.hidden_state_shape,
+                self.device,
+                gamma=self.gamma,
+                gae_lambda=self.gae_lambda,
+                n_envs=self.n_envs,
+            )
+            self.rollout_buffer.sequence_listener = self.policy.expect_sequences
+
+    def train(self) -> None:
+        super().train()
+        if self.cpc_kwargs is not None:
+            self._record_cpc_figures()

@@ -1,0 +1,81 @@
+"""Rollout buffers whose minibatches keep time order, so that CPC can read them as sequences."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+import numpy as np
+import torch
+from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
+from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamples
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.type_aliases import RolloutBufferSamples
+
+from cpc_rl.sb3.policies import SequenceLayout
+
+SequenceListener = Callable[[SequenceLayout], None]
+
+_FLATTENED = ("observations", "actions", "values", "log_probs", "advantages", "returns")
+
+
+class SequenceRolloutBuffer(RolloutBuffer):
+    """
+    A ``RolloutBuffer`` whose minibatches are made of time-contiguous pieces of the envs'
+    trajectories (``sequence_length`` steps each, in shuffled order) instead of shuffled steps.
+    Before each minibatch it tells ``sequence_listener`` (the policy) its layout.
+
+    :param sequence_length: steps per piece; must divide ``buffer_size`` (n_steps). None: n_steps.
+    """
+
+    def __init__(self, *args, sequence_length: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sequence_length = sequence_length or self.buffer_size
+        if self.buffer_size % self.sequence_length:
+            raise ValueError(
+                f"the CPC sequence length ({self.sequence_length}) must divide n_steps ({self.buffer_size}); "
+                "set cpc_kwargs['sequence_length'] or batch_size to a divisor of n_steps"
+            )
+        self.sequence_listener: SequenceListener | None = None
+
+    def get(self, batch_size: int | None = None) -> Generator[RolloutBufferSamples, None, None]:
+        assert self.full, "the rollout buffer must be full before sampling from it"
+        length = self.sequence_length
+        total = self.buffer_size * self.n_envs
+        batch_size = batch_size or total
+        if batch_size % length:
+            raise ValueError(
+                f"batch_size ({batch_size}) must be a multiple of the CPC sequence length ({length}) "
+                "so that each minibatch holds whole sequences"
+            )
+        starts_by_env = self.episode_starts.T.copy()  # (n_envs, n_steps), before flattening
+        if not self.generator_ready:
+            for name in _FLATTENED:  # env-major: sample e * n_steps + t
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+            self.generator_ready = True
+        pieces = np.random.permutation(total // length)
+        per_batch = batch_size // length
+        for first in range(0, len(pieces), per_batch):
+            chosen = pieces[first : first + per_batch]
+            indices = (chosen[:, None] * length + np.arange(length)).reshape(-1)
+            starts = starts_by_env.reshape(-1)[indices].reshape(len(chosen), length).T
+            if self.sequence_listener is not None:
+                self.sequence_listener(
+                    SequenceLayout(len(chosen), length, torch.as_tensor(starts != 0, device=self.device))
+                )
+            yield self._get_samples(indices)
+
+
+class SequenceRecurrentRolloutBuffer(RecurrentRolloutBuffer):
+    """sb3-contrib's recurrent buffer that tells ``sequence_listener`` each minibatch's padded layout."""
+
+    sequence_listener: SequenceListener | None = None
+
+    def _get_samples(self, batch_inds: np.ndarray, env_change: np.ndarray, env=None) -> RecurrentRolloutBufferSamples:
+        samples = super()._get_samples(batch_inds, env_change, env)
+        if self.sequence_listener is not None:
+            num_sequences = len(self.seq_start_indices)
+            layout = SequenceLayout(num_sequences, samples.mask.numel() // num_sequences, None)
+            # Padding counts as episode starts, so that no CPC pair reaches into it.
+            layout.episode_starts = layout.time_major(samples.mask) < 0.5
+            self.sequence_listener(layout)
+        return samples

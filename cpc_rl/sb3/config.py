@@ -1,0 +1,86 @@
+"""The ``cpc_kwargs`` of the CPC algorithms: defaults and validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gymnasium import spaces
+
+from cpc_rl.head import NEGATIVE_STRATEGIES
+
+CPC_DEFAULTS: dict[str, Any] = {
+    "coef": 1.0,
+    "horizon": 30,
+    "negatives": "all",
+    "num_negatives": None,
+    "action_conditioned": False,
+    "context_size": 128,
+    "score_dim": None,
+    "sequence_length": None,
+}
+"""
+``coef``: weight of the CPC loss in the actor-critic loss (0 computes and logs it without
+training on it). ``horizon``: steps predicted (the paper: 30). ``negatives``, ``num_negatives``:
+see :class:`cpc_rl.CPCHead`. ``action_conditioned``: CPC|A (discrete actions only).
+``context_size``: hidden size of the GRU that gives feed-forward policies their contexts.
+``score_dim``: score in a learned projection of ``z`` of this size (see :class:`cpc_rl.CPCHead`).
+``sequence_length``: length of the time-contiguous pieces of the rollout that A2C/PPO minibatches
+are made of (default ``min(n_steps, batch_size)``).
+"""
+
+
+def resolve_cpc_kwargs(
+    cpc_kwargs: dict[str, Any],
+    action_space: spaces.Space | None,
+    n_steps: int,
+    sequence_length: int | None = None,
+) -> dict[str, Any]:
+    """
+    Fill defaults into ``cpc_kwargs`` and check them.
+
+    :param cpc_kwargs: the user's settings.
+    :param action_space: the env's action space (None to skip the action check).
+    :param n_steps: rollout length per env.
+    :param sequence_length: the longest sequence the head will see, if shorter than ``n_steps``.
+    :return: the complete settings.
+    :raises ValueError: naming the bad setting and what it needs.
+    """
+    if not isinstance(cpc_kwargs, dict):
+        raise ValueError(f"cpc_kwargs must be a dict or None; got {type(cpc_kwargs).__name__}")
+    unknown = sorted(set(cpc_kwargs) - set(CPC_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown cpc_kwargs keys {unknown}; valid keys: {sorted(CPC_DEFAULTS)}")
+    settings = {**CPC_DEFAULTS, **cpc_kwargs}
+    coef = settings["coef"]
+    if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not coef >= 0:
+        raise ValueError(f"cpc_kwargs['coef'] must be a number >= 0; got {coef!r}")
+    settings["coef"] = float(coef)
+    if settings["negatives"] not in NEGATIVE_STRATEGIES:
+        raise ValueError(f"cpc_kwargs['negatives'] must be one of {NEGATIVE_STRATEGIES}; got {settings['negatives']!r}")
+    for key in ("horizon", "context_size"):
+        if not _positive_int(settings[key]):
+            raise ValueError(f"cpc_kwargs[{key!r}] must be an integer >= 1; got {settings[key]!r}")
+    for key in ("num_negatives", "score_dim", "sequence_length"):
+        if settings[key] is not None and not _positive_int(settings[key]):
+            raise ValueError(f"cpc_kwargs[{key!r}] must be None or an integer >= 1; got {settings[key]!r}")
+    if not isinstance(settings["action_conditioned"], bool):
+        raise ValueError(
+            f"cpc_kwargs['action_conditioned'] must be True or False; got {settings['action_conditioned']!r}"
+        )
+    if settings["action_conditioned"] and action_space is not None and not isinstance(action_space, spaces.Discrete):
+        raise ValueError(
+            f"cpc_kwargs['action_conditioned']=True needs a Discrete action space; got {action_space}. "
+            "Set action_conditioned=False for this env."
+        )
+    longest = min(n_steps, sequence_length) if sequence_length else n_steps
+    if settings["horizon"] >= longest:
+        what = "n_steps" if longest == n_steps else "the sequence length of a minibatch"
+        raise ValueError(
+            f"cpc_kwargs['horizon']={settings['horizon']} must be < {what} ({longest}): no pair "
+            f"(t, t+horizon) fits in a sequence. Lower the horizon or raise n_steps/batch_size."
+        )
+    return settings
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -1,0 +1,235 @@
+"""SB3 actor-critic policies that carry a CPC head and add its loss to the actor-critic loss.
+
+The CPC loss is computed inside ``evaluate_actions`` from the features and LSTM outputs the
+policy computes anyway for the actor-critic loss of the minibatch, and joins that loss through
+the returned values: :class:`_AddLossGradient` leaves the values unchanged in the forward pass
+and, in the backward pass of SB3's own ``loss.backward()``, adds ``coef * d(cpc_loss)``. So the CPC
+gradient is part of the same backward pass, gradient clipping and optimizer step as the
+actor-critic loss, without touching SB3's training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticCnnPolicy, RecurrentActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
+from torch import nn
+
+from cpc_rl.head import CPCHead, CPCOutput
+from cpc_rl.sequences import run_rnn_with_resets
+
+
+class _AddLossGradient(torch.autograd.Function):
+    """Identity on ``values``; its backward also sends gradient ``coef`` into ``loss``."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor, loss: torch.Tensor, coef: float) -> torch.Tensor:
+        ctx.coef = coef
+        ctx.loss_shape = loss.shape
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        grad_loss = torch.full(ctx.loss_shape, ctx.coef, dtype=grad_values.dtype, device=grad_values.device)
+        return grad_values, grad_loss, None
+
+
+@dataclass
+class SequenceLayout:
+    """
+    How the flat minibatch handed to ``evaluate_actions`` splits into sequences.
+
+    Samples are sequence-major: sample ``b * num_steps + t`` is step ``t`` of sequence ``b``.
+
+    :param num_sequences: ``B``.
+    :param num_steps: ``T``.
+    :param episode_starts: ``(T, B)`` bool; padding is marked as episode starts.
+    """
+
+    num_sequences: int
+    num_steps: int
+    episode_starts: torch.Tensor
+
+    def time_major(self, flat: torch.Tensor) -> torch.Tensor:
+        """``(B * T, ...)`` sequence-major samples to ``(T, B, ...)``."""
+        return flat.reshape(self.num_sequences, self.num_steps, *flat.shape[1:]).transpose(0, 1)
+
+
+class _CPCPolicyMixin:
+    """What the feed-forward and recurrent CPC policies share."""
+
+    cpc_kwargs: dict[str, Any] | None
+    cpc_head: CPCHead
+
+    def _init_cpc_state(self, cpc_kwargs: dict[str, Any] | None) -> None:
+        self.cpc_kwargs = cpc_kwargs
+        self._pending_layout: SequenceLayout | None = None
+        self._stashed_features: torch.Tensor | None = None
+        self._cpc_outputs: list[CPCOutput] = []
+
+    @property
+    def has_cpc(self) -> bool:
+        return self.cpc_kwargs is not None
+
+    def _make_cpc_head(self, context_dim: int) -> CPCHead:
+        settings = self.cpc_kwargs
+        action_dim = int(self.action_space.n) if settings["action_conditioned"] else None
+        return CPCHead(
+            self.features_dim,
+            context_dim,
+            settings["horizon"],
+            negatives=settings["negatives"],
+            num_negatives=settings["num_negatives"],
+            action_dim=action_dim,
+            score_dim=settings["score_dim"],
+        )
+
+    def expect_sequences(self, layout: SequenceLayout) -> None:
+        """Called by the rollout buffer before it yields a minibatch laid out as ``layout``."""
+        self._pending_layout = layout
+
+    def _take_layout(self) -> SequenceLayout | None:
+        layout, self._pending_layout = self._pending_layout, None
+        return layout if self.has_cpc else None
+
+    def extract_features(self, obs: Any, *args: Any, **kwargs: Any) -> Any:
+        features = super().extract_features(obs, *args, **kwargs)
+        if self._stashed_features is None and self._collecting:
+            self._stashed_features = features if isinstance(features, torch.Tensor) else features[0]
+        return features
+
+    _collecting = False
+
+    def _cpc_loss(
+        self, layout: SequenceLayout, features: torch.Tensor, contexts: torch.Tensor, actions: torch.Tensor
+    ) -> torch.Tensor:
+        starts = layout.episode_starts.to(features.device)
+        conditioned_actions = layout.time_major(actions.long().flatten()) if self.cpc_head.action_dim else None
+        output = self.cpc_head(layout.time_major(features), contexts, starts, conditioned_actions)
+        self._cpc_outputs.append(CPCOutput(output.loss.detach(), output.accuracy, output.mi_bound, output.num_pairs))
+        return output.loss
+
+    def _join(self, values: torch.Tensor, cpc_loss: torch.Tensor) -> torch.Tensor:
+        return _AddLossGradient.apply(values, cpc_loss, self.cpc_kwargs["coef"])
+
+    def pop_cpc_outputs(self) -> list[CPCOutput]:
+        """The CPC outputs of the minibatches since the last call (for logging)."""
+        outputs, self._cpc_outputs = self._cpc_outputs, []
+        return outputs
+
+    def _rebuild_optimizer(self, lr_schedule: Any) -> None:
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["cpc_kwargs"] = self.cpc_kwargs
+        return data
+
+
+class CPCActorCriticPolicy(_CPCPolicyMixin, ActorCriticPolicy):
+    """
+    SB3's ``ActorCriticPolicy`` with a CPC head. ``z_t`` is the features extractor's output and
+    ``c_t`` the output of a GRU over ``z`` (the head's own context network, reset at episode starts).
+
+    :param cpc_kwargs: resolved CPC settings (see :data:`cpc_rl.sb3.config.CPC_DEFAULTS`), or None
+        for no head.
+    """
+
+    def __init__(self, *args: Any, cpc_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._init_cpc_state(cpc_kwargs)
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        if not self.has_cpc:
+            return
+        # A forked RNG keeps every other initial weight and later random draw as without CPC.
+        with torch.random.fork_rng(devices=[]):
+            self.cpc_context = nn.GRU(self.features_dim, self.cpc_kwargs["context_size"])
+            self.cpc_head = self._make_cpc_head(self.cpc_kwargs["context_size"])
+        self._rebuild_optimizer(lr_schedule)
+
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        layout = self._take_layout()
+        if layout is None:
+            return super().evaluate_actions(obs, actions)
+        self._collecting, self._stashed_features = True, None
+        try:
+            values, log_prob, entropy = super().evaluate_actions(obs, actions)
+        finally:
+            self._collecting = False
+        embeddings = layout.time_major(self._stashed_features)
+        contexts = run_rnn_with_resets(self.cpc_context, embeddings, layout.episode_starts.to(embeddings.device))
+        loss = self._cpc_loss(layout, self._stashed_features, contexts, actions)
+        self._stashed_features = None
+        return self._join(values, loss), log_prob, entropy
+
+
+class CPCActorCriticCnnPolicy(CPCActorCriticPolicy, ActorCriticCnnPolicy):
+    """:class:`CPCActorCriticPolicy` with SB3's CNN defaults (``NatureCNN``)."""
+
+
+class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy):
+    """
+    sb3-contrib's ``RecurrentActorCriticPolicy`` with a CPC head on the actor LSTM (``c_t``, as in
+    the paper) over the features extractor's output (``z_t``).
+
+    Training runs each minibatch's sequences through the LSTMs in one call per LSTM, resetting
+    the state at episode starts without a Python loop over time steps.
+
+    :param cpc_kwargs: resolved CPC settings, or None for no head (the faster LSTM path stays).
+    """
+
+    def __init__(self, *args: Any, cpc_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._init_cpc_state(cpc_kwargs)
+        self._whole_sequences = False
+        self._actor_outputs: torch.Tensor | None = None
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        if self.has_cpc:
+            # sb3-contrib rebuilds the optimizer over all parameters once its LSTMs exist.
+            with torch.random.fork_rng(devices=[]):
+                self.cpc_head = self._make_cpc_head(self.lstm_output_dim)
+
+    def _process_sequence(
+        self,
+        features: torch.Tensor,
+        lstm_states: tuple[torch.Tensor, torch.Tensor],
+        episode_starts: torch.Tensor,
+        lstm: nn.LSTM,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        if not self._whole_sequences:
+            return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
+        num_sequences = lstm_states[0].shape[1]
+        layout = SequenceLayout(num_sequences, features.shape[0] // num_sequences, episode_starts)
+        inputs = layout.time_major(features)
+        outputs = run_rnn_with_resets(lstm, inputs, layout.time_major(episode_starts), lstm_states)
+        if lstm is self.lstm_actor and self._collecting:
+            self._actor_outputs = outputs
+        # Training discards the final states: only the outputs are computed.
+        return outputs.transpose(0, 1).reshape(-1, outputs.shape[-1]), lstm_states
+
+    def evaluate_actions(
+        self, obs: torch.Tensor, actions: torch.Tensor, lstm_states: Any, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        layout = self._take_layout()
+        self._whole_sequences = True
+        self._collecting, self._stashed_features = layout is not None, None
+        try:
+            values, log_prob, entropy = super().evaluate_actions(obs, actions, lstm_states, episode_starts)
+        finally:
+            self._whole_sequences = self._collecting = False
+        if layout is None:
+            return values, log_prob, entropy
+        loss = self._cpc_loss(layout, self._stashed_features, self._actor_outputs, actions)
+        self._stashed_features = self._actor_outputs = None
+        return self._join(values, loss), log_prob, entropy
+
+
+class CPCRecurrentActorCriticCnnPolicy(CPCRecurrentActorCriticPolicy, RecurrentActorCriticCnnPolicy):
+    """:class:`CPCRecurrentActorCriticPolicy` with the CNN defaults (``NatureCNN``)."""

@@ -1,0 +1,71 @@
+"""Running recurrent networks over time-major batches that hold episode starts, in one call."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def _mask_state(state: State, keep: torch.Tensor) -> State:
+    if isinstance(state, tuple):
+        return tuple(part * keep for part in state)
+    return state * keep
+
+
+def _select_state(state: State, columns: torch.Tensor, keep: torch.Tensor) -> State:
+    if isinstance(state, tuple):
+        return tuple((part[:, columns] * keep).contiguous() for part in state)
+    return (state[:, columns] * keep).contiguous()
+
+
+def run_rnn_with_resets(
+    rnn: nn.RNNBase,
+    inputs: torch.Tensor,
+    episode_starts: torch.Tensor,
+    initial_state: State | None = None,
+) -> torch.Tensor:
+    """
+    Outputs of ``rnn`` over ``inputs`` whose state is reset to zero wherever an episode starts.
+
+    Equal to stepping the RNN one step at a time and zeroing the state at each start, but runs
+    one RNN call: each piece of a sequence between starts becomes its own padded sequence.
+
+    :param rnn: a time-major ``nn.GRU``, ``nn.LSTM`` or ``nn.RNN`` (``batch_first=False``).
+    :param inputs: ``(T, B, input_size)``.
+    :param episode_starts: ``(T, B)``, non-zero where a step begins a new episode (state reset
+        before that step).
+    :param initial_state: state before step 0 (``(layers, B, hidden)``, or a pair for LSTMs);
+        zeros if None.
+    :return: ``(T, B, hidden)`` outputs.
+    """
+    num_steps, batch, _ = inputs.shape
+    starts = episode_starts != 0
+    if initial_state is None:
+        hidden = rnn.hidden_size * (2 if rnn.bidirectional else 1)
+        shape = (rnn.num_layers, batch, hidden)
+        zeros = inputs.new_zeros(shape)
+        initial_state = (zeros, zeros.clone()) if isinstance(rnn, nn.LSTM) else zeros
+    if not starts[1:].any():
+        keep = (~starts[0]).to(inputs.dtype).view(1, batch, 1)
+        return rnn(inputs, _mask_state(initial_state, keep))[0]
+
+    # Sequence-major positions: each piece between starts becomes one padded sequence.
+    begins = starts.clone()
+    begins[0] = True
+    flat_begins = begins.T.reshape(-1)
+    index = torch.arange(num_steps * batch, device=inputs.device)
+    piece = torch.cumsum(flat_begins.long(), 0) - 1
+    piece_first = torch.cummax(torch.where(flat_begins, index, 0), 0).values
+    position = index - piece_first
+    num_pieces, max_length = int(piece[-1]) + 1, int(position.max()) + 1
+    flat_inputs = inputs.transpose(0, 1).reshape(num_steps * batch, -1)
+    padded = inputs.new_zeros(max_length, num_pieces, inputs.shape[-1]).index_put((position, piece), flat_inputs)
+
+    first_index = index[flat_begins]
+    continues_episode = ~starts.T.reshape(-1)[first_index]
+    keep = continues_episode.to(inputs.dtype).view(1, num_pieces, 1)
+    pieces_state = _select_state(initial_state, first_index // num_steps, keep)
+    outputs = rnn(padded, pieces_state)[0]
+    return outputs[position, piece].reshape(batch, num_steps, -1).transpose(0, 1)
