@@ -11,6 +11,7 @@ RecurrentPPO with CPCRecurrentPPO without CPC (its whole-sequence LSTM path) and
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -64,11 +65,11 @@ def main() -> None:
     print("|---|---|---|---|")
     for algo in args.algos:
         builders = {
-            "none": lambda: make_agent(algo, vec_env, aux="none", device=args.device),
-            "cpc": lambda: make_agent(algo, vec_env, aux="cpc", device=args.device),
+            "none": functools.partial(make_agent, algo, vec_env, aux="none", device=args.device),
+            "cpc": functools.partial(make_agent, algo, vec_env, aux="cpc", device=args.device),
         }
         if algo == "recurrent_ppo":
-            builders["sb3-contrib RecurrentPPO"] = lambda: plain_recurrent_ppo(vec_env, args.device)
+            builders["sb3-contrib RecurrentPPO"] = functools.partial(plain_recurrent_ppo, vec_env, args.device)
         results = {name: [] for name in builders}
         for _ in range(args.repeats):
             for name, build in builders.items():

@@ -1,0 +1,206 @@
+"""cpc_rl.sb3 on real MiniWorld: parity with the parents, CPC gradients, logging, save/load, errors."""
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import envs
+from agents import FrameEncoder, make_agent
+from cpc_rl.sb3 import CPCA2C, CPCPPO, CPCRecurrentPPO
+
+SMALL = {"features_extractor_class": FrameEncoder, "features_extractor_kwargs": {"features_dim": 32}}
+CASES = {
+    "a2c": (CPCA2C, A2C, "CnnPolicy", {"n_steps": 12}),
+    "ppo": (CPCPPO, PPO, "CnnPolicy", {"n_steps": 12, "batch_size": 12, "n_epochs": 2}),
+    "recurrent_ppo": (
+        CPCRecurrentPPO,
+        RecurrentPPO,
+        "CnnLstmPolicy",
+        {"n_steps": 12, "batch_size": 12, "n_epochs": 2},
+    ),
+}
+CPC = {"horizon": 4, "context_size": 16}
+
+
+def vec_env(n_envs=2, env_id="MiniWorld-Hallway-v0", **kwargs):
+    return envs.make_vec_env(env_id, n_envs, seed=0, vec_env="dummy", obs_size=(40, 40), **kwargs)
+
+
+def build(algo, cpc_kwargs, parent=False, seed=0, **kwargs):
+    cpc_class, parent_class, policy, algo_kwargs = CASES[algo]
+    policy_kwargs = dict(SMALL)
+    if algo == "recurrent_ppo":
+        policy_kwargs["lstm_hidden_size"] = 16
+    settings = {**algo_kwargs, "policy_kwargs": policy_kwargs, "seed": seed, "device": "cpu", **kwargs}
+    env = settings.pop("env", None) or vec_env()
+    if parent:
+        model = parent_class(policy, env, **settings)
+    else:
+        model = cpc_class(policy, env, cpc_kwargs=cpc_kwargs, **settings)
+    model.set_logger(configure(None, []))
+    return model
+
+
+def learn_updates(model, updates=2):
+    model.learn(model.n_steps * model.n_envs * updates)
+    return {name: tensor.detach().clone() for name, tensor in model.policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("algo", ["a2c", "ppo"])
+def test_without_cpc_equals_the_parent_bit_for_bit(algo):
+    ours = learn_updates(build(algo, None))
+    parent = learn_updates(build(algo, None, parent=True))
+    assert ours.keys() == parent.keys()
+    assert all(torch.equal(ours[name], parent[name]) for name in ours)
+
+
+def test_recurrent_without_cpc_equals_the_parent_to_float_tolerance():
+    ours = learn_updates(build("recurrent_ppo", None))
+    parent = learn_updates(build("recurrent_ppo", None, parent=True))
+    assert ours.keys() == parent.keys()
+    for name in ours:
+        assert torch.allclose(ours[name], parent[name], atol=1e-5), name
+
+
+def test_whole_sequence_lstm_path_equals_the_step_by_step_path():
+    model = build("recurrent_ppo", None)
+    policy = model.policy
+    torch.manual_seed(0)
+    num_sequences, length = 3, 9
+    features = torch.randn(num_sequences * length, policy.features_dim)
+    starts = (torch.rand(num_sequences * length) < 0.25).float()
+    shape = (1, num_sequences, policy.lstm_actor.hidden_size)
+    states = (torch.randn(shape), torch.randn(shape))
+    policy._whole_sequences = True
+    fast, _ = policy._process_sequence(features, states, starts, policy.lstm_actor)
+    policy._whole_sequences = False
+    slow, _ = policy._process_sequence(features, states, starts, policy.lstm_actor)
+    assert starts.reshape(num_sequences, length)[:, 1:].any()  # resets in mid-sequence
+    assert torch.allclose(fast, slow, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", list(CASES))
+def test_cpc_gradients_reach_encoder_and_core_and_train_the_head(algo):
+    def encoder(state):
+        return {name: value for name, value in state.items() if "features_extractor" in name}
+
+    def head(state):
+        return {name: value for name, value in state.items() if name.startswith("cpc_head")}
+
+    untrained = build(algo, {**CPC, "coef": 1.0})
+    initial = {name: value.clone() for name, value in untrained.policy.state_dict().items()}
+    with_cpc = learn_updates(untrained, updates=1)
+    probe_only = learn_updates(build(algo, {**CPC, "coef": 0.0}), updates=1)
+    changed = [name for name in encoder(with_cpc) if not torch.equal(with_cpc[name], probe_only[name])]
+    assert changed, "the CPC loss did not change the encoder's update"
+    assert any(not torch.equal(with_cpc[n], initial[n]) for n in head(with_cpc))
+    assert all(torch.equal(probe_only[n], initial[n]) for n in head(probe_only))
+    if algo == "recurrent_ppo":
+        lstm = [n for n in with_cpc if n.startswith("lstm_actor")]
+        assert any(not torch.equal(with_cpc[n], probe_only[n]) for n in lstm)
+
+
+@pytest.mark.parametrize("algo", list(CASES))
+def test_repeated_updates_on_a_fixed_rollout_lower_the_cpc_loss_and_log_every_key(algo):
+    model = build(algo, {**CPC, "coef": 1.0}, learning_rate=1e-3, max_grad_norm=10.0)
+    model.learn(model.n_steps * model.n_envs)
+    logged = model.logger.name_to_value
+    assert {"train/cpc_loss", "train/cpc_accuracy", "train/cpc_accuracy_k1", "train/cpc_accuracy_k4",
+            "train/cpc_mi_bound"} <= set(logged)
+    losses = []
+    for _ in range(40):
+        model.train()
+        losses.append(model.logger.name_to_value["train/cpc_loss"])
+    assert min(losses[-5:]) < losses[0] * 0.85, losses
+
+
+def test_cpca_head_is_action_conditioned():
+    model = build("ppo", {**CPC, "action_conditioned": True})
+    assert model.policy.cpc_head.action_dim == 3
+    learn_updates(model, updates=1)
+    assert np.isfinite(model.logger.name_to_value["train/cpc_loss"])
+
+
+SAVE_LOAD_CHECK = """
+import sys, numpy as np, torch
+from cpc_rl.sb3 import CPCRecurrentPPO
+model = CPCRecurrentPPO.load(sys.argv[1], device="cpu")
+observations = np.load(sys.argv[2])
+actions, _ = model.predict(observations, deterministic=True)
+head = sum(p.sum().item() for p in model.policy.cpc_head.parameters())
+print(model.cpc_kwargs["horizon"], " ".join(map(str, actions)), repr(head))
+"""
+
+
+def test_save_and_load_in_a_fresh_process_keep_head_settings_and_actions(tmp_path):
+    model = build("recurrent_ppo", CPC)
+    learn_updates(model, updates=1)
+    path = tmp_path / "model.zip"
+    model.save(path)
+    observations = np.stack([model.env.reset()[0]] * 2)
+    np.save(tmp_path / "obs.npy", observations)
+    actions, _ = model.predict(observations, deterministic=True)
+    head = sum(p.sum().item() for p in model.policy.cpc_head.parameters())
+    result = subprocess.run(
+        [sys.executable, "-c", SAVE_LOAD_CHECK, str(path), str(tmp_path / "obs.npy")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    horizon, *loaded_actions, loaded_head = result.stdout.split()
+    assert int(horizon) == CPC["horizon"]
+    assert list(map(int, loaded_actions)) == list(actions)
+    assert float(loaded_head) == pytest.approx(head, rel=1e-6)
+
+
+def test_device_auto_puts_the_head_where_the_policy_is():
+    model = build("ppo", CPC, device="auto")
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    devices = {p.device.type for p in model.policy.parameters()}
+    assert devices == {expected.type}
+    assert next(model.policy.cpc_head.parameters()).device.type == expected.type
+
+
+def test_make_agent_builds_each_preset_with_and_without_cpc():
+    env = vec_env(n_envs=1)
+    for algo in CASES:
+        for aux, has_head in (("cpc", True), ("cpca", True), ("none", False)):
+            sizes = {"n_steps": 40} if algo == "a2c" else {"n_steps": 40, "batch_size": 40}
+            cpc_kwargs = {"horizon": 8, "sequence_length": 40} if has_head else None
+            model = make_agent(algo, env, aux=aux, device="cpu", cpc_kwargs=cpc_kwargs, **sizes)
+            assert hasattr(model.policy, "cpc_head") == has_head
+            if aux == "cpca":
+                assert model.policy.cpc_head.action_dim == 3
+
+
+@pytest.mark.parametrize(
+    ("cpc_kwargs", "match"),
+    [
+        ({"horizon": 12}, r"horizon.*must be < n_steps"),
+        ({"negatives": "nearby"}, "negatives"),
+        ({"coef": -0.5}, r"coef.*>= 0"),
+        ({"horizont": 3}, "unknown cpc_kwargs keys"),
+    ],
+)
+@pytest.mark.parametrize("algo", list(CASES))
+def test_bad_configuration_raises(algo, cpc_kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build(algo, cpc_kwargs)
+
+
+def test_action_conditioned_needs_discrete_actions():
+    env = DummyVecEnv([lambda: gym.make("Pendulum-v1")])
+    with pytest.raises(ValueError, match="needs a Discrete action space"):
+        CPCPPO("MlpPolicy", env, n_steps=16, batch_size=16, cpc_kwargs={"horizon": 4, "action_conditioned": True})
+
+
+def test_ppo_horizon_must_fit_the_minibatch_sequences():
+    with pytest.raises(ValueError, match="sequence length of a minibatch"):
+        build("ppo", {"horizon": 8, "sequence_length": 6})
