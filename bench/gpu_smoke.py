@@ -43,8 +43,9 @@ def main() -> int:
                 off_device.append(f"CPC head input {position} on {value.device}")
 
     model.policy.cpc_head.register_forward_pre_hook(check_inputs)
-    off_device += [f"parameter {name} on {p.device}" for name, p in model.policy.named_parameters()
-                   if p.device.type != device]
+    off_device += [
+        f"parameter {name} on {p.device}" for name, p in model.policy.named_parameters() if p.device.type != device
+    ]
     train = model.train
     in_training = [0.0]
 
@@ -63,11 +64,14 @@ def main() -> int:
     wall = time.perf_counter() - start
     vec_env.close()
     print(f"device {model.device}, {args.n_envs} envs, {args.steps} steps: {model.num_timesteps / wall:.0f} steps/s")
-    print(f"time: {1 - in_training[0] / wall:.0%} collecting (env steps + inference), {in_training[0] / wall:.0%} training")
+    training = in_training[0] / wall
+    print(f"time: {1 - training:.0%} collecting (env steps + inference), {training:.0%} training")
     if on_gpu:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-    print(f"CPC loss {model.logger.name_to_value.get('train/cpc_loss', float('nan')):.3f}, "
-          f"accuracy {model.logger.name_to_value.get('train/cpc_accuracy', float('nan')):.3f}")
+    print(
+        f"CPC loss {model.logger.name_to_value.get('train/cpc_loss', float('nan')):.3f}, "
+        f"accuracy {model.logger.name_to_value.get('train/cpc_accuracy', float('nan')):.3f}"
+    )
     if off_device:
         print("FAIL: off the device:\n  " + "\n  ".join(sorted(set(off_device))[:20]), file=sys.stderr)
         return 1

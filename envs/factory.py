@@ -156,7 +156,9 @@ def _make_monitored_env(
     from stable_baselines3.common.monitor import Monitor
 
     env = make_env(env_id, seed=seed, obs_size=obs_size, **env_kwargs)
-    return Monitor(env, filename=monitor_path, info_keywords=())
+    # Append to the CSV of an earlier run in the same folder (a resumed run) instead of erasing it.
+    fresh = monitor_path is None or not os.path.exists(f"{monitor_path}.monitor.csv")
+    return Monitor(env, filename=monitor_path, override_existing=fresh)
 
 
 def make_vec_env(

@@ -113,8 +113,13 @@ def test_repeated_updates_on_a_fixed_rollout_lower_the_cpc_loss_and_log_every_ke
     model = build(algo, {**CPC, "coef": 1.0}, learning_rate=1e-3, max_grad_norm=10.0)
     model.learn(model.n_steps * model.n_envs)
     logged = model.logger.name_to_value
-    assert {"train/cpc_loss", "train/cpc_accuracy", "train/cpc_accuracy_k1", "train/cpc_accuracy_k4",
-            "train/cpc_mi_bound"} <= set(logged)
+    assert {
+        "train/cpc_loss",
+        "train/cpc_accuracy",
+        "train/cpc_accuracy_k1",
+        "train/cpc_accuracy_k4",
+        "train/cpc_mi_bound",
+    } <= set(logged)
     losses = []
     for _ in range(40):
         model.train()
@@ -151,7 +156,9 @@ def test_save_and_load_in_a_fresh_process_keep_head_settings_and_actions(tmp_pat
     head = sum(p.sum().item() for p in model.policy.cpc_head.parameters())
     result = subprocess.run(
         [sys.executable, "-c", SAVE_LOAD_CHECK, str(path), str(tmp_path / "obs.npy")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     horizon, *loaded_actions, loaded_head = result.stdout.split()

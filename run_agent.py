@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""Train, evaluate and compare MiniWorld agents with and without the CPC auxiliary loss.
+
+    python run_agent.py                       # the main job: a short CPC training run
+    python run_agent.py train --env MiniWorld-FourRooms-v0 --algo ppo --aux cpc --steps 200000
+    python run_agent.py train --resume runs/DIR
+    python run_agent.py eval runs/DIR --episodes 20 --video agent.gif
+    python run_agent.py compare --env MiniWorld-TMaze-v0 --env MiniWorld-FourRooms-v0 --seeds 5 --steps 500000
+
+Mistakes (an unknown env, a missing run directory, a corrupt checkpoint) print one line on
+stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from agents.presets import ALGORITHMS, AUX_CHOICES
+from agents.runs import DEFAULT_ENV, RunConfig, RunError, RunInterrupted
+
+MAIN_JOB_STEPS = 60_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    # Names follow the RL Baselines3 Zoo where they overlap (--env, --algo, -n, --seed, ...).
+    parser.add_argument("--env", default=DEFAULT_ENV, help=f"MiniWorld id (default {DEFAULT_ENV})")
+    parser.add_argument("--algo", default="recurrent_ppo", choices=ALGORITHMS)
+    parser.add_argument("--aux", default="cpc", choices=AUX_CHOICES, help="auxiliary loss (cpca: action-conditioned)")
+    parser.add_argument("--steps", "-n", "--n-timesteps", dest="steps", type=int, default=None, help="total env steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the preset's)")
+    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--run-dir",
+        "-f",
+        "--log-folder",
+        dest="run_dir",
+        type=Path,
+        default=None,
+        help="where the run writes (default runs/ENV-ALGO-AUX-sSEED-TIME)",
+    )
+    parser.add_argument(
+        "--set",
+        "--hyperparams",
+        dest="overrides",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting: n_steps=128, cpc.horizon=20, env.max_episode_steps=300, "
+        "policy.lstm_hidden_size=128, eval_freq=5000 (values are Python literals)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="run_agent.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train one agent")
+    _add_train_flags(train)
+    train.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint",
+    )
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained run")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--episodes", type=int, default=20)
+    evaluate.add_argument("--video", type=Path, default=None, help="write the first-person view (.gif or .mp4)")
+
+    compare = commands.add_parser("compare", help="train with and without CPC over seeds and envs, and report")
+    compare.add_argument("--env", dest="envs", action="append", required=True, help="MiniWorld id (repeatable)")
+    compare.add_argument("--seeds", type=int, default=3)
+    compare.add_argument("--steps", "-n", "--n-timesteps", dest="steps", type=int, required=True)
+    compare.add_argument("--algo", default="recurrent_ppo", choices=ALGORITHMS)
+    compare.add_argument("--workers", type=int, default=1, help="runs at a time")
+    compare.add_argument("--backend", default="local", choices=("local", "ray"))
+    compare.add_argument("--n-envs", type=int, default=None)
+    compare.add_argument("--device", default="auto")
+    compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="runs and report folder")
+    compare.add_argument(
+        "--set",
+        "--hyperparams",
+        dest="overrides",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings for every run (as for train)",
+    )
+    compare.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _flatten(groups: list[list[str]]) -> list[str]:
+    return [item for group in groups for item in group]
+
+
+def _default_run_dir(config: RunConfig) -> Path:
+    name = config.env.removeprefix("MiniWorld-")
+    return Path("runs") / f"{name}-{config.algo}-{config.aux}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from agents.runs import apply_overrides, read_config, train
+
+    if args.resume is not None:
+        if not args.resume.is_dir():
+            raise RunError(f"run directory {args.resume} does not exist")
+        config, run_dir, resume = read_config(args.resume), args.resume, True
+    else:
+        config = RunConfig(
+            env=args.env, algo=args.algo, aux=args.aux, seed=args.seed, n_envs=args.n_envs, device=args.device
+        )
+        if args.steps is not None:
+            config.steps = args.steps
+        config = apply_overrides(config, _flatten(args.overrides))
+        run_dir, resume = args.run_dir or _default_run_dir(config), False
+    print(f"training {config.algo} aux={config.aux} on {config.env} for {config.steps} steps -> {run_dir}", flush=True)
+    result = train(config, run_dir, progress_bar=not args.no_progress, resume=resume)
+    print(
+        f"done: {result['num_timesteps']} steps; final evaluation over {result['episodes']} episodes: "
+        f"return {result['mean_return']:.3f} ± {result['return_ci95']:.3f} (95% CI), success rate "
+        f"{result['success_rate']:.0%} [{result['success_low']:.0%}, {result['success_high']:.0%}]\n"
+        f"results in {run_dir}: learning_curve.png, evaluations.csv, model.zip, logs/ (TensorBoard)"
+    )
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    from agents.evaluation import evaluate_run
+
+    summary = evaluate_run(args.run_dir, args.episodes, args.video)
+    print(
+        f"{summary['model']} ({summary['num_timesteps']} steps), {summary['episodes']} episodes: "
+        f"return {summary['mean_return']:.3f} ± {summary['return_ci95']:.3f} (95% CI), success rate "
+        f"{summary['success_rate']:.0%} [{summary['success_low']:.0%}, {summary['success_high']:.0%}] (Wilson 95%), "
+        f"mean length {summary['mean_length']:.0f}"
+    )
+    if "video" in summary:
+        print(f"video: {summary['video']}")
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from agents.compare import plan_jobs, run_jobs, write_report
+    from agents.runs import apply_overrides
+
+    if args.seeds < 1 or args.workers < 1:
+        raise RunError("--seeds and --workers must be >= 1")
+    base = RunConfig(
+        env=args.envs[0],
+        algo=args.algo,
+        steps=args.steps,
+        n_envs=args.n_envs,
+        device=args.device,
+        vec_env="dummy",
+        eval_freq=max(args.steps // 10, 1),
+        save_freq=max(args.steps // 5, 1),
+    )
+    base = apply_overrides(base, _flatten(args.overrides))
+    jobs = plan_jobs(base, args.envs, args.seeds, args.out)
+    todo = sum(not job.finished for job in jobs)
+    print(
+        f"{len(jobs)} runs ({len(jobs) - todo} already finished) on backend {args.backend}, "
+        f"{args.workers} at a time -> {args.out}",
+        flush=True,
+    )
+    failures = run_jobs(jobs, args.workers, args.backend, progress=not args.no_progress)
+    for line in failures:
+        print(f"run failed: {line}", file=sys.stderr)
+    report = write_report(jobs, args.envs, args.out)
+    print(f"report: {report} (tables), {report.parent / 'curves.png'} (learning curves)")
+    return 1 if failures else 0
+
+
+def main_job() -> int:
+    """The README's main job: a short CPC training run on the default task."""
+    config = RunConfig(steps=MAIN_JOB_STEPS, eval_freq=MAIN_JOB_STEPS // 5, save_freq=MAIN_JOB_STEPS // 5)
+    args = argparse.Namespace(resume=None, no_progress=False)
+    from agents.runs import train
+
+    run_dir = _default_run_dir(config)
+    print(f"main job: {config.algo} with CPC on {config.env}, {config.steps} steps -> {run_dir}", flush=True)
+    result = train(config, run_dir, progress_bar=not args.no_progress)
+    print(
+        f"done: final evaluation over {result['episodes']} episodes: return {result['mean_return']:.3f} "
+        f"± {result['return_ci95']:.3f}, success rate {result['success_rate']:.0%}. The learning curve is "
+        f"{run_dir / 'learning_curve.png'}; CPC figures (train/cpc_accuracy, train/cpc_mi_bound) are in "
+        f"{run_dir / 'logs'} (progress.csv, TensorBoard)."
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if not argv:
+            return main_job()
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            return main_job()
+        handlers = {"train": command_train, "eval": command_eval, "compare": command_compare}
+        return handlers[args.command](args)
+    except RunError as error:
+        print(f"run_agent.py: error: {error}", file=sys.stderr)
+        return 2
+    except RunInterrupted as stop:
+        print(f"run_agent.py: {stop}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""run_agent.py in subprocesses, with tiny budgets on real MiniWorld."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = [
+    "--set",
+    "n_steps=40",
+    "batch_size=40",
+    "cpc.horizon=8",
+    "cpc.sequence_length=40",
+    "eval_episodes=2",
+    "env.max_episode_steps=40",
+    "vec_env=dummy",
+    "policy.features_extractor_kwargs={'features_dim': 32}",
+]
+
+
+def run_agent(*args, timeout=300, **kwargs):
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_agent.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=kwargs.pop("cwd", REPO),
+        **kwargs,
+    )
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("aux", ["cpc", "none"])
+def test_train_writes_every_result(tmp_path, aux):
+    run_dir = tmp_path / "run"
+    settings = TINY if aux == "cpc" else [s for s in TINY if not s.startswith("cpc.")]
+    result = run_agent(
+        "train",
+        "--algo",
+        "ppo",
+        "--aux",
+        aux,
+        "--steps",
+        160,
+        "--n-envs",
+        2,
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+        *settings,
+        "eval_freq=80",
+        "save_freq=80",
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (
+        config["aux"] == aux
+        and config["hyperparams"]["n_steps"] == 40
+        and config["env_kwargs"] == {"max_episode_steps": 40}
+    )
+    assert "run_agent.py train" in (run_dir / "command.txt").read_text()
+    for name in ("model.zip", "learning_curve.png", "evaluations.csv", "monitor/0.monitor.csv"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "logs" / "segment_0").glob("events.out.tfevents.*"))
+    progress = pd.read_csv(run_dir / "logs" / "segment_0" / "progress.csv")
+    assert ("train/cpc_loss" in progress.columns) == (aux == "cpc")
+    evaluations = pd.read_csv(run_dir / "evaluations.csv")
+    assert list(evaluations["step"]) == [80, 160]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    assert "success rate" in result.stdout
+
+
+def test_interrupt_then_resume_continues_the_step_count(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        str(REPO / "run_agent.py"),
+        "train",
+        "--algo",
+        "ppo",
+        "--steps",
+        4000,
+        "--n-envs",
+        1,
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+        *TINY,
+        "eval_freq=0",
+        "save_freq=400",
+    ]
+    process = subprocess.Popen(
+        list(map(str, command)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run_dir / "checkpoints").glob("*.zip")):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "resume with" in stderr and "Traceback" not in stderr
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "interrupted"
+    stopped_at = status["num_timesteps"]
+    assert 0 < stopped_at < 4000
+    episodes_before = len(pd.read_csv(run_dir / "monitor" / "0.monitor.csv", comment="#"))
+
+    result = run_agent("train", "--resume", run_dir, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "finished" and status["num_timesteps"] == 4000
+    resumed = pd.read_csv(run_dir / "logs" / "segment_1" / "progress.csv")
+    assert resumed["time/total_timesteps"].min() > stopped_at
+    assert len(pd.read_csv(run_dir / "monitor" / "0.monitor.csv", comment="#")) > episodes_before
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    result = run_agent(
+        "train",
+        "--algo",
+        "recurrent_ppo",
+        "--steps",
+        80,
+        "--n-envs",
+        1,
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+        *TINY,
+        "policy.lstm_hidden_size=16",
+        "eval_freq=0",
+        "save_freq=40",
+    )
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_eval_reports_confidence_intervals_and_writes_a_video(trained_run, tmp_path):
+    video = tmp_path / "agent.gif"
+    result = run_agent("eval", trained_run, "--episodes", 3, "--video", video)
+    assert result.returncode == 0, result.stderr
+    assert "3 episodes" in result.stdout and "95% CI" in result.stdout and "Wilson" in result.stdout
+    from PIL import Image
+
+    with Image.open(video) as image:
+        assert image.n_frames > 3 and image.size == (320, 240)
+
+
+def test_compare_writes_tables_and_curves_and_skips_finished_runs(tmp_path):
+    out = tmp_path / "compare"
+    args = [
+        "compare",
+        "--env",
+        "MiniWorld-Hallway-v0",
+        "--seeds",
+        2,
+        "--steps",
+        80,
+        "--algo",
+        "ppo",
+        "--workers",
+        2,
+        "--n-envs",
+        1,
+        "--out",
+        out,
+        "--no-progress",
+        *TINY,
+        "eval_freq=40",
+    ]
+    result = run_agent(*args)
+    assert result.returncode == 0, result.stderr
+    report = (out / "report" / "README.md").read_text()
+    assert "| cpc | 2 |" in report and "| none | 2 |" in report and "cpc − none" in report
+    assert "IQM [95% stratified bootstrap CI]" in report
+    assert (out / "report" / "curves.png").stat().st_size > 1000
+    scores = pd.read_csv(out / "report" / "scores.csv")
+    assert len(scores) == 4 and set(scores["aux"]) == {"cpc", "none"}
+    again = run_agent(*args)
+    assert again.returncode == 0 and "4 runs (4 already finished)" in again.stdout
+
+
+def test_compare_on_a_local_ray_instance(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "compare"
+    result = run_agent(
+        "compare",
+        "--env",
+        "MiniWorld-Hallway-v0",
+        "--seeds",
+        1,
+        "--steps",
+        40,
+        "--algo",
+        "ppo",
+        "--workers",
+        2,
+        "--n-envs",
+        1,
+        "--backend",
+        "ray",
+        "--out",
+        out,
+        "--no-progress",
+        *TINY,
+        "eval_freq=40",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(out / "report" / "scores.csv")) == 2
+
+
+def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, trained_run):
+    assert_clean_error(
+        run_agent("train", "--env", "MiniWorld-Halway-v0", "--run-dir", tmp_path / "x"),
+        "unknown MiniWorld env id",
+        "MiniWorld-Hallway-v0",
+    )
+    assert_clean_error(run_agent("train", "--algo", "dqn"), "invalid choice")
+    assert_clean_error(run_agent("train", "--aux", "vae"), "invalid choice")
+    assert_clean_error(run_agent("eval", tmp_path / "missing"), "does not exist")
+    assert_clean_error(run_agent("train", "--resume", tmp_path / "missing"), "does not exist")
+    assert_clean_error(run_agent("train", "--run-dir", trained_run, "--no-progress"), "already holds a run")
+    assert not (tmp_path / "x").exists()
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, trained_run):
+    run_dir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(trained_run), str(run_dir)], check=True)
+    (run_dir / "model.zip").unlink()
+    (run_dir / "status.json").write_text(json.dumps({"state": "interrupted", "num_timesteps": 40}))
+    checkpoint = sorted((run_dir / "checkpoints").glob("*.zip"))[-1]
+    checkpoint.write_bytes(checkpoint.read_bytes()[:200])
+    assert_clean_error(run_agent("train", "--resume", run_dir), "is corrupt", checkpoint.name)
+    assert checkpoint.stat().st_size == 200
+    assert_clean_error(run_agent("eval", run_dir), "is corrupt")
+
+
+def test_set_values_are_literals_never_evaluated(tmp_path):
+    marker = tmp_path / "pwned"
+    result = run_agent(
+        "train",
+        "--steps",
+        40,
+        "--run-dir",
+        tmp_path / "run",
+        "--no-progress",
+        "--set",
+        f"n_steps=__import__('os').system('touch {marker}')",
+    )
+    assert not marker.exists()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert os.path.exists(tmp_path / "run") is False or not (tmp_path / "run" / "model.zip").exists()
