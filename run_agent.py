@@ -6,6 +6,8 @@
     python run_agent.py train --resume runs/DIR
     python run_agent.py eval runs/DIR --episodes 20 --video agent.gif
     python run_agent.py compare --env MiniWorld-TMaze-v0 --env MiniWorld-FourRooms-v0 --seeds 5 --steps 500000
+    python run_agent.py probe runs/DIR                # linear probes of the agent's z_t and c_t
+    python run_agent.py representation               # the paper's protocol -> docs/results/representation.md
 
 Mistakes (an unknown env, a missing run directory, a corrupt checkpoint) print one line on
 stderr and exit with code 2.
@@ -104,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="settings for every run (as for train)",
     )
     compare.add_argument("--no-progress", action="store_true")
+
+    probe = commands.add_parser("probe", help="linear probes of a trained agent's z_t and c_t")
+    probe.add_argument("run_dir", type=Path)
+    probe.add_argument("--episodes", type=int, default=20)
+
+    representation = commands.add_parser(
+        "representation", help="the CPC paper's protocol on MiniWorld: CPC vs random/CPC|A/supervised, probed"
+    )
+    representation.add_argument("--out", type=Path, default=Path("docs/results"))
+    representation.add_argument("--seeds", type=int, default=None, help="seeds of the main comparison")
+    representation.add_argument("--train-steps", type=int, default=None)
+    representation.add_argument("--task", dest="tasks", action="append", default=None, help="MiniWorld id (repeatable)")
+    representation.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -189,6 +204,44 @@ def command_compare(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def command_probe(args: argparse.Namespace) -> int:
+    from agents.representation import probe_run
+
+    out = probe_run(args.run_dir, args.episodes)
+    print((out / "probe.md").read_text())
+    print(f"written: {out / 'probe.md'}, {out / 'probe.csv'}, {out / 'probe.png'}")
+    return 0
+
+
+def command_representation(args: argparse.Namespace) -> int:
+    import dataclasses
+    import os
+    import platform
+
+    from agents.representation import ProtocolConfig, run_protocol, write_document
+
+    config = ProtocolConfig()
+    changes = {"seeds": args.seeds, "train_steps": args.train_steps, "tasks": tuple(args.tasks) if args.tasks else None}
+    config = dataclasses.replace(config, **{key: value for key, value in changes.items() if value is not None})
+    for task in config.tasks:
+        from envs import check_env_id
+
+        try:
+            check_env_id(task)
+        except ValueError as error:
+            raise RunError(str(error)) from None
+    if config.ablation_task not in config.tasks:
+        config = dataclasses.replace(config, ablation_task=config.tasks[0])
+    start = time.perf_counter()
+    results = run_protocol(config, progress=not args.no_progress)
+    import torch
+
+    machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"
+    path = write_document(results, config, args.out, time.perf_counter() - start, machine)
+    print(path.read_text())
+    return 0
+
+
 def main_job() -> int:
     """The README's main job: a short CPC training run on the default task."""
     config = RunConfig(steps=MAIN_JOB_STEPS, eval_freq=MAIN_JOB_STEPS // 5, save_freq=MAIN_JOB_STEPS // 5)
@@ -215,7 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command is None:
             return main_job()
-        handlers = {"train": command_train, "eval": command_eval, "compare": command_compare}
+        handlers = {
+            "train": command_train,
+            "eval": command_eval,
+            "compare": command_compare,
+            "probe": command_probe,
+            "representation": command_representation,
+        }
         return handlers[args.command](args)
     except RunError as error:
         print(f"run_agent.py: error: {error}", file=sys.stderr)

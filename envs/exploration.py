@@ -1,0 +1,122 @@
+"""Frames with ground truth from an exploring policy, and the probe targets they give."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.factory import make_env
+
+FORWARD, TURN_LEFT, TURN_RIGHT = 2, 0, 1
+HEADING_SECTORS = 8
+
+
+@dataclass
+class Trajectories:
+    """
+    Steps of whole episodes, concatenated in time order (one row per observation).
+
+    :param observations: ``(N, H, W, 3)`` uint8 frames.
+    :param actions: ``(N,)`` action taken after each frame.
+    :param episode_starts: ``(N,)`` True at each episode's first frame.
+    :param episode_ids: ``(N,)`` episode of each frame.
+    :param agent_pos: ``(N, 2)`` agent (x, z).
+    :param agent_dir: ``(N,)`` heading, radians in ``[-pi, pi)``.
+    :param goal_pos: ``(N, 2)`` goal (x, z), or None for tasks without one goal.
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    episode_starts: np.ndarray
+    episode_ids: np.ndarray
+    agent_pos: np.ndarray
+    agent_dir: np.ndarray
+    goal_pos: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def explore(
+    env_id: str,
+    episodes: int,
+    seed: int = 0,
+    max_hold: int = 8,
+    forward_share: float = 0.6,
+    **env_kwargs,
+) -> Trajectories:
+    """
+    Run an exploring policy: random actions held for 1..``max_hold`` steps, ``forward_share`` of
+    them forward. Persistent actions cover a room far better than uniform random ones, which
+    mostly turn in place.
+
+    :param env_id: a MiniWorld id.
+    :param episodes: whole episodes to collect.
+    :param seed: seed of the env and the policy.
+    :param env_kwargs: passed to :func:`envs.make_env` (``max_episode_steps`` bounds episodes).
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1; got {episodes}")
+    rng = np.random.default_rng(seed)
+    env = make_env(env_id, seed=seed, **env_kwargs)
+    rows: dict[str, list] = {name: [] for name in ("obs", "action", "start", "episode", "pos", "dir", "goal")}
+    try:
+        for episode in range(episodes):
+            obs, info = env.reset()
+            done, start, action, hold = False, True, FORWARD, 0
+            while not done:
+                if hold == 0:
+                    action = FORWARD if rng.random() < forward_share else int(rng.choice([TURN_LEFT, TURN_RIGHT]))
+                    hold = int(rng.integers(1, max_hold + 1))
+                rows["obs"].append(obs)
+                rows["action"].append(action)
+                rows["start"].append(start)
+                rows["episode"].append(episode)
+                rows["pos"].append(info["agent_pos"])
+                rows["dir"].append(info["agent_dir"])
+                rows["goal"].append(info.get("goal_pos"))
+                obs, _, terminated, truncated, info = env.step(action)
+                done, start, hold = terminated or truncated, False, hold - 1
+    finally:
+        env.close()
+    has_goal = rows["goal"][0] is not None
+    return Trajectories(
+        observations=np.stack(rows["obs"]),
+        actions=np.array(rows["action"]),
+        episode_starts=np.array(rows["start"]),
+        episode_ids=np.array(rows["episode"]),
+        agent_pos=np.stack(rows["pos"]).astype(np.float32),
+        agent_dir=np.array(rows["dir"], dtype=np.float32),
+        goal_pos=np.stack(rows["goal"]).astype(np.float32) if has_goal else None,
+    )
+
+
+def probe_targets(
+    agent_pos: np.ndarray, agent_dir: np.ndarray, goal_pos: np.ndarray | None
+) -> dict[str, tuple[np.ndarray, bool]]:
+    """
+    What a representation should hold, from the ground truth: ``{name: (targets, are_classes)}``.
+
+    ``position`` (x, z); ``heading`` (sin, cos); ``heading_sector`` (one of 8 classes);
+    ``goal_relative`` (the goal ahead of and to the left of the agent), for tasks with one goal.
+    """
+    targets = {
+        "position": (np.asarray(agent_pos, dtype=np.float32), False),
+        "heading": (np.stack([np.sin(agent_dir), np.cos(agent_dir)], axis=1).astype(np.float32), False),
+        "heading_sector": (
+            (
+                np.floor((np.asarray(agent_dir) + math.pi) / (2 * math.pi) * HEADING_SECTORS).astype(np.int64)
+                % HEADING_SECTORS
+            ),
+            True,
+        ),
+    }
+    if goal_pos is not None:
+        offset = np.asarray(goal_pos) - np.asarray(agent_pos)
+        # MiniWorld's heading points along (cos, -sin) in (x, z); left of it is (-sin, -cos).
+        ahead = offset[:, 0] * np.cos(agent_dir) - offset[:, 1] * np.sin(agent_dir)
+        left = -offset[:, 0] * np.sin(agent_dir) - offset[:, 1] * np.cos(agent_dir)
+        targets["goal_relative"] = (np.stack([ahead, left], axis=1).astype(np.float32), False)
+    return targets
