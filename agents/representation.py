@@ -94,13 +94,13 @@ class ProtocolConfig:
 
     tasks: tuple[str, ...] = ("MiniWorld-OneRoom-v0", "MiniWorld-FourRooms-v0")
     seeds: int = 3
-    pretrain_episodes: int = 60
+    pretrain_episodes: int = 40
     probe_episodes: int = 30
     max_episode_steps: int = 100
     train_steps: int = 300
     batch: int = 16
     window: int = 40
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     horizon: int = 12
     horizons: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 30)
     negatives: tuple[str, ...] = ("all", "same_sequence", "other_sequences")

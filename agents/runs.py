@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import math
 import pickle
 import shlex
+import shutil
 import sys
 import time
 import zipfile
@@ -194,8 +196,6 @@ def read_config(run_dir: Path) -> RunConfig:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
-    import json
-
     path = run_dir / "status.json"
     if not path.is_file():
         return {}
@@ -390,11 +390,8 @@ def train(config: RunConfig, run_dir: Path, progress_bar: bool = True, resume: b
             raise RunError(f"{run_dir} holds no checkpoint to resume from; start it again with train --run-dir")
     elif (run_dir / "config.yaml").exists():
         raise RunError(f"{run_dir} already holds a run; resume it with: train --resume {run_dir} (or use another dir)")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", config.to_dict())
-    with open(run_dir / "command.txt", "a") as file:
-        file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join([sys.executable, *sys.argv])}\n")
-
     vec_env = envs.make_vec_env(
         config.env,
         config.num_envs,
@@ -404,7 +401,15 @@ def train(config: RunConfig, run_dir: Path, progress_bar: bool = True, resume: b
         **config.env_kwargs,
     )
     try:
-        model = load_model(config, saved[-1], vec_env) if resume else build_model(config, vec_env)
+        try:
+            model = load_model(config, saved[-1], vec_env) if resume else build_model(config, vec_env)
+        except RunError:
+            if created:  # nothing was trained: leave no half-made run behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        write_yaml(run_dir / "config.yaml", config.to_dict())
+        with open(run_dir / "command.txt", "a") as file:
+            file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join([sys.executable, *sys.argv])}\n")
         segment = len(list((run_dir / "logs").glob("segment_*"))) if (run_dir / "logs").exists() else 0
         model.set_logger(configure(str(run_dir / "logs" / f"segment_{segment}"), ["csv", "tensorboard"]))
         remaining = config.steps - model.num_timesteps

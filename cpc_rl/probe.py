@@ -100,6 +100,18 @@ def logistic_accuracy(
     return float((predicted == test_y).mean())
 
 
+RIDGES = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+
+def choose_ridge(features: np.ndarray, targets: np.ndarray, episode_ids: np.ndarray, seed: int = 0) -> float:
+    """The ridge penalty of :data:`RIDGES` with the best R^2 on a split of the training episodes."""
+    if len(np.unique(episode_ids)) < 3:
+        return 1.0
+    fit, check = split_by_episode(episode_ids, 0.3, seed + 1)
+    scores = [np.mean(ridge_r2(features[fit], targets[fit], features[check], targets[check], r)) for r in RIDGES]
+    return RIDGES[int(np.argmax(scores))]
+
+
 def linear_probe(
     features: np.ndarray,
     targets: np.ndarray,
@@ -107,7 +119,7 @@ def linear_probe(
     classes: bool = False,
     test_fraction: float = 0.3,
     seed: int = 0,
-    ridge: float = 1.0,
+    ridge: float | None = None,
 ) -> ProbeResult:
     """
     Fit a linear probe on training episodes and score it on held-out ones.
@@ -116,7 +128,8 @@ def linear_probe(
     :param targets: ``(N, T)`` continuous targets (or ``(N,)``), or ``(N,)`` class labels if ``classes``.
     :param episode_ids: ``(N,)`` episode of each step (the split is by episode).
     :param classes: targets are integer classes: score is accuracy.
-    :param ridge: L2 penalty of the regression (on standardised features).
+    :param ridge: L2 penalty of the regression (on standardised features); None chooses it among
+        :data:`RIDGES` on held-out training episodes (never the test episodes).
     :return: a :class:`ProbeResult`.
     """
     features, targets, episode_ids = np.asarray(features), np.asarray(targets), np.asarray(episode_ids)
@@ -132,5 +145,7 @@ def linear_probe(
         accuracy = logistic_accuracy(features[train], targets[train], features[test], targets[test])
         return ProbeResult(accuracy, [accuracy], int(train.sum()), int(test.sum()))
     targets = targets.reshape(len(targets), -1)
+    if ridge is None:
+        ridge = choose_ridge(features[train], targets[train], episode_ids[train], seed)
     per_target = ridge_r2(features[train], targets[train], features[test], targets[test], ridge)
     return ProbeResult(float(np.mean(per_target)), per_target, int(train.sum()), int(test.sum()))

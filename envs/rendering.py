@@ -48,16 +48,21 @@ def import_miniworld() -> Any:
     :return: the ``miniworld`` module.
     :raises RendererUnavailableError: if no OpenGL renderer can be loaded, saying what to install.
     """
-    if "miniworld" in sys.modules:
-        return sys.modules["miniworld"]
+    if "miniworld" in sys.modules:  # by us, or by the user before envs (who then chose how it renders)
+        import miniworld
+        import miniworld.miniworld as miniworld_core
+
+        _route_display_list_one(miniworld_core)
+        return miniworld
     configure_headless()
     headless = os.environ["PYGLET_HEADLESS"].lower() in {"1", "true", "yes"}
-    if "pyglet" in sys.modules:
-        import pyglet
-
-        if headless and not pyglet.options["headless"] and not os.environ.get("DISPLAY"):
-            pyglet.options["headless"] = True
     try:
+        if sys.modules.get("pyglet") is not None:
+            import pyglet
+
+            # pyglet read the variable when it was imported: too late if it was imported first.
+            if headless and not pyglet.options["headless"] and not os.environ.get("DISPLAY"):
+                pyglet.options["headless"] = True
         with contextlib.redirect_stdout(io.StringIO()):
             import miniworld
             import miniworld.miniworld as miniworld_core
@@ -71,6 +76,8 @@ def import_miniworld() -> Any:
 
 
 def _route_display_list_one(miniworld_core: Any) -> None:
+    if getattr(miniworld_core, "_display_lists_routed", False):
+        return
     from pyglet import gl
 
     def routed(list_id: int) -> int:
@@ -79,6 +86,7 @@ def _route_display_list_one(miniworld_core: Any) -> None:
     miniworld_core.glNewList = lambda list_id, mode: gl.glNewList(routed(list_id), mode)
     miniworld_core.glDeleteLists = lambda list_id, count: gl.glDeleteLists(routed(list_id), count)
     miniworld_core.glCallList = lambda list_id: gl.glCallList(routed(list_id))
+    miniworld_core._display_lists_routed = True
 
 
 @contextlib.contextmanager

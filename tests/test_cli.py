@@ -269,3 +269,16 @@ def test_set_values_are_literals_never_evaluated(tmp_path):
     assert not marker.exists()
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert os.path.exists(tmp_path / "run") is False or not (tmp_path / "run" / "model.zip").exists()
+
+
+def test_probe_writes_a_table_and_a_plot_for_a_trained_run(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(trained_run), str(run_dir)], check=True)
+    result = run_agent("probe", run_dir, "--episodes", 4)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(run_dir / "probe" / "probe.csv")
+    assert set(table["features"]) == {"z", "c"}  # the recurrent agent's encoder and LSTM
+    assert set(table["target"]) == {"position", "heading", "heading_sector", "goal_relative"}
+    assert "| position |" in (run_dir / "probe" / "probe.md").read_text()
+    assert (run_dir / "probe" / "probe.png").stat().st_size > 1000
+    assert_clean_error(run_agent("probe", run_dir, "--episodes", 1), "--episodes must be >= 2")

@@ -200,3 +200,17 @@ def test_bad_input_gets_clear_errors():
         envs.make_vec_env("MiniWorld-Hallway-v0", 1, vec_env="ray")
     with pytest.raises(ValueError, match="uint8 images only"):
         envs.make_env("MiniWorld-Sign-v0")
+
+
+def test_a_missing_renderer_says_what_to_install():
+    code = (
+        "import sys; sys.modules['pyglet'] = None\n"  # as if pyglet or its GL libraries could not load
+        "import envs\n"
+        "try:\n"
+        "    envs.make_env('MiniWorld-Hallway-v0')\n"
+        "except envs.RendererUnavailableError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "could not start an OpenGL renderer" in result.stdout and "apt-get install" in result.stdout
