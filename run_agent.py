@@ -34,6 +34,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_overrides_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--set",
+        "--hyperparams",
+        dest="overrides",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help_text,
+    )
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     # Names follow the RL Baselines3 Zoo where they overlap (--env, --algo, -n, --seed, ...).
     parser.add_argument("--env", default=DEFAULT_ENV, help=f"MiniWorld id (default {DEFAULT_ENV})")
@@ -52,15 +65,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where the run writes (default runs/ENV-ALGO-AUX-sSEED-TIME)",
     )
-    parser.add_argument(
-        "--set",
-        "--hyperparams",
-        dest="overrides",
-        action="append",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting: n_steps=128, cpc.horizon=20, env.max_episode_steps=300, "
+    _add_overrides_flag(
+        parser,
+        "override a setting: n_steps=128, cpc.horizon=20, env.max_episode_steps=300, "
         "policy.lstm_hidden_size=128, eval_freq=5000 (values are Python literals)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -95,16 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--n-envs", type=int, default=None)
     compare.add_argument("--device", default="auto")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="runs and report folder")
-    compare.add_argument(
-        "--set",
-        "--hyperparams",
-        dest="overrides",
-        action="append",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="settings for every run (as for train)",
-    )
+    _add_overrides_flag(compare, "settings for every run (as for train)")
     compare.add_argument("--no-progress", action="store_true")
 
     probe = commands.add_parser("probe", help="linear probes of a trained agent's z_t and c_t")

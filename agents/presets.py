@@ -12,6 +12,20 @@ AUX_CHOICES = ("cpc", "cpca", "none")
 
 _ENCODER = {"features_extractor_class": FrameEncoder, "features_extractor_kwargs": {"features_dim": 256}}
 
+# PPO and RecurrentPPO share these (an unroll of 100 steps, as the paper's A2C).
+_PPO = {
+    "n_steps": 100,
+    "batch_size": 200,
+    "n_epochs": 4,
+    "learning_rate": 3e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_range": 0.2,
+    "ent_coef": 0.01,
+    "vf_coef": 0.5,
+    "max_grad_norm": 0.5,
+}
+
 # The paper's agent: A2C-style updates on unrolls of 100 steps, predicting up to 30 steps ahead.
 PRESETS: dict[str, dict[str, Any]] = {
     "a2c": {
@@ -32,37 +46,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ppo": {
         "policy": "CnnPolicy",
         "n_envs": 4,
-        "algo_kwargs": {
-            "n_steps": 100,
-            "batch_size": 200,
-            "n_epochs": 4,
-            "learning_rate": 3e-4,
-            "gamma": 0.99,
-            "gae_lambda": 0.95,
-            "clip_range": 0.2,
-            "ent_coef": 0.01,
-            "vf_coef": 0.5,
-            "max_grad_norm": 0.5,
-            "policy_kwargs": {**_ENCODER},
-        },
+        "algo_kwargs": {**_PPO, "policy_kwargs": {**_ENCODER}},
         "cpc_kwargs": {"coef": 1.0, "horizon": 30, "score_dim": 64, "sequence_length": 50},
     },
     "recurrent_ppo": {
         "policy": "CnnLstmPolicy",
         "n_envs": 4,
-        "algo_kwargs": {
-            "n_steps": 100,
-            "batch_size": 200,
-            "n_epochs": 4,
-            "learning_rate": 3e-4,
-            "gamma": 0.99,
-            "gae_lambda": 0.95,
-            "clip_range": 0.2,
-            "ent_coef": 0.01,
-            "vf_coef": 0.5,
-            "max_grad_norm": 0.5,
-            "policy_kwargs": {**_ENCODER, "lstm_hidden_size": 256, "n_lstm_layers": 1},
-        },
+        "algo_kwargs": {**_PPO, "policy_kwargs": {**_ENCODER, "lstm_hidden_size": 256, "n_lstm_layers": 1}},
         "cpc_kwargs": {"coef": 1.0, "horizon": 30, "score_dim": 64},
     },
 }

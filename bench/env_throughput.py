@@ -19,6 +19,19 @@ import sys
 import time
 
 
+def random_steps_per_second(env, steps: int) -> float:
+    """Steps/s of ``steps`` random actions on a single env, resetting at episode ends."""
+    import numpy as np
+
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, env.action_space.n, steps)
+    start = time.perf_counter()
+    for action in actions:
+        if any(env.step(action)[2:4]):
+            env.reset()
+    return steps / (time.perf_counter() - start)
+
+
 def measure(case: str, env_id: str, steps: int) -> float:
     import numpy as np
 
@@ -32,25 +45,11 @@ def measure(case: str, env_id: str, steps: int) -> float:
         with contextlib.redirect_stdout(io.StringIO()):
             import miniworld  # noqa: F401
 
-            env = gym.make(env_id)
-        env.reset(seed=0)
-        actions = np.random.default_rng(0).integers(0, env.action_space.n, steps)
-        start = time.perf_counter()
-        for action in actions:
-            if any(env.step(action)[2:4]):
-                env.reset()
-        return steps / (time.perf_counter() - start)
+            return random_steps_per_second(gym.make(env_id), steps)
     import envs
 
     if case == "make_env":
-        env = envs.make_env(env_id, seed=0)
-        env.reset()
-        actions = np.random.default_rng(0).integers(0, env.action_space.n, steps)
-        start = time.perf_counter()
-        for action in actions:
-            if any(env.step(action)[2:4]):
-                env.reset()
-        return steps / (time.perf_counter() - start)
+        return random_steps_per_second(envs.make_env(env_id, seed=0), steps)
     n_envs = int(case.split("=")[1])
     vec = envs.make_vec_env(env_id, n_envs, seed=0)
     vec.reset()
