@@ -136,19 +136,19 @@ def train_representation(
     seed: int,
     horizon: int | None = None,
     negatives: str = "all",
-) -> tuple[SequenceEncoder, dict[str, float]]:
+) -> tuple[SequenceEncoder, nn.Module | None, dict[str, float]]:
     """
     Train the encoder + GRU with ``method``: ``cpc``, ``cpca`` (action-conditioned), ``supervised``
     (regression on the probe targets from ``z`` and ``c``) or ``random`` (no training).
 
-    :return: the model and its last training figures.
+    :return: the model, the head it was trained with (None for ``random``) and its last training figures.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = SequenceEncoder(data.observations.shape[1:])
     figures: dict[str, float] = {}
     if method == "random":
-        return model, figures
+        return model, None, figures
     horizon = horizon or config.horizon
     if method in ("cpc", "cpca"):
         head = CPCHead(256, 256, horizon, negatives=negatives, action_dim=3 if method == "cpca" else None)
@@ -176,7 +176,7 @@ def train_representation(
         optimizer.step()
     if method == "supervised":
         figures = {"mse": float(loss.detach())}
-    return model, figures
+    return model, head, figures
 
 
 def run_protocol(config: ProtocolConfig, progress: bool = True) -> pd.DataFrame:
@@ -201,7 +201,7 @@ def run_protocol(config: ProtocolConfig, progress: bool = True) -> pd.DataFrame:
             )
         pretrain, probe = datasets[(task, seed)]
         start = time.perf_counter()
-        model, figures = train_representation(method, pretrain, config, seed, horizon, negatives)
+        model, _, figures = train_representation(method, pretrain, config, seed, horizon, negatives)
         seconds = time.perf_counter() - start
         for row in probe_features(model.encode(probe), probe, seed=seed):
             rows.append(
