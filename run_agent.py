@@ -240,20 +240,35 @@ def command_representation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _last_cpc_figures(run_dir: Path) -> str:
+    import pandas as pd
+
+    frames = [pd.read_csv(path) for path in sorted((run_dir / "logs").glob("segment_*/progress.csv"))]
+    if not frames:
+        return ""
+    progress = pd.concat(frames)
+    if "train/cpc_accuracy" not in progress:
+        return ""
+    last = progress.dropna(subset=["train/cpc_accuracy"]).iloc[-1]
+    return (
+        f" At the last update CPC picked the true future {last['train/cpc_accuracy']:.1%} of the time "
+        f"(k=1: {last['train/cpc_accuracy_k1']:.1%}) with an MI bound of {last['train/cpc_mi_bound']:.2f} nats."
+    )
+
+
 def main_job() -> int:
     """The README's main job: a short CPC training run on the default task."""
-    config = RunConfig(steps=MAIN_JOB_STEPS, eval_freq=MAIN_JOB_STEPS // 5, save_freq=MAIN_JOB_STEPS // 5)
-    args = argparse.Namespace(resume=None, no_progress=False)
     from agents.runs import train
 
+    config = RunConfig(steps=MAIN_JOB_STEPS, eval_freq=MAIN_JOB_STEPS // 5, save_freq=MAIN_JOB_STEPS // 5)
     run_dir = _default_run_dir(config)
     print(f"main job: {config.algo} with CPC on {config.env}, {config.steps} steps -> {run_dir}", flush=True)
-    result = train(config, run_dir, progress_bar=not args.no_progress)
+    result = train(config, run_dir)
     print(
         f"done: final evaluation over {result['episodes']} episodes: return {result['mean_return']:.3f} "
-        f"± {result['return_ci95']:.3f}, success rate {result['success_rate']:.0%}. The learning curve is "
-        f"{run_dir / 'learning_curve.png'}; CPC figures (train/cpc_accuracy, train/cpc_mi_bound) are in "
-        f"{run_dir / 'logs'} (progress.csv, TensorBoard)."
+        f"± {result['return_ci95']:.3f}, success rate {result['success_rate']:.0%}.{_last_cpc_figures(run_dir)}\n"
+        f"Learning curve: {run_dir / 'learning_curve.png'}; evaluations: {run_dir / 'evaluations.csv'}; "
+        f"all training figures: {run_dir / 'logs'} (progress.csv, TensorBoard); model: {run_dir / 'model.zip'}."
     )
     return 0
 
