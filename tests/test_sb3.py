@@ -211,3 +211,5 @@ def test_action_conditioned_needs_discrete_actions():
 def test_ppo_horizon_must_fit_the_minibatch_sequences():
     with pytest.raises(ValueError, match="sequence length of a minibatch"):
         build("ppo", {"horizon": 8, "sequence_length": 6})
+    with pytest.raises(ValueError, match="must be a multiple of the CPC sequence length"):
+        build("ppo", {"horizon": 3, "sequence_length": 5})

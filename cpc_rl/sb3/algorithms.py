@@ -83,6 +83,11 @@ class _FeedForwardCPCMixin(_CPCAlgorithmMixin):
         requested = (self.cpc_kwargs or {}).get("sequence_length")
         length = requested or (min(self.n_steps, batch_size) if batch_size else self.n_steps)
         settings = self._prepare_cpc(_FEEDFORWARD_POLICIES, length)
+        if settings is not None and batch_size and batch_size % length:
+            raise ValueError(
+                f"batch_size ({batch_size}) must be a multiple of the CPC sequence length ({length}) so that "
+                "minibatches hold whole sequences; change batch_size or cpc_kwargs['sequence_length']"
+            )
         if settings is not None:
             self.rollout_buffer_class = SequenceRolloutBuffer
             self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "sequence_length": length}
