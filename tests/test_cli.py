@@ -124,7 +124,8 @@ def test_interrupt_then_resume_continues_the_step_count(tmp_path):
     result = run_agent("train", "--resume", run_dir, "--no-progress")
     assert result.returncode == 0, result.stderr
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "finished" and status["num_timesteps"] == 4000
+    # An interrupt in mid-rollout keeps the steps taken, so the run ends within one rollout (40) past 4000.
+    assert status["state"] == "finished" and 4000 <= status["num_timesteps"] < 4000 + 40
     resumed = pd.read_csv(run_dir / "logs" / "segment_1" / "progress.csv")
     assert resumed["time/total_timesteps"].min() > stopped_at
     assert len(pd.read_csv(run_dir / "monitor" / "0.monitor.csv", comment="#")) > episodes_before
