@@ -9,7 +9,7 @@ episodes. Ablations over the steps predicted and the negative strategy, as in th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,6 @@ class ProtocolConfig:
     horizons: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 30)
     negatives: tuple[str, ...] = ("all", "same_sequence", "other_sequences")
     ablation_task: str = "MiniWorld-OneRoom-v0"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def sample_windows(trajectories: Trajectories, batch: int, window: int, rng: np.random.Generator) -> tuple:

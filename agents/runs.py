@@ -153,7 +153,7 @@ def apply_overrides(config: RunConfig, assignments: list[str]) -> RunConfig:
     return RunConfig.from_dict(data)
 
 
-def build_model(config: RunConfig, vec_env: Any, tensorboard_log: str | None = None) -> BaseAlgorithm:
+def build_model(config: RunConfig, vec_env: Any) -> BaseAlgorithm:
     """The model of a fresh run."""
     try:
         return make_agent(

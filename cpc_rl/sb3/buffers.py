@@ -74,8 +74,7 @@ class SequenceRecurrentRolloutBuffer(RecurrentRolloutBuffer):
         samples = super()._get_samples(batch_inds, env_change, env)
         if self.sequence_listener is not None:
             num_sequences = len(self.seq_start_indices)
-            layout = SequenceLayout(num_sequences, samples.mask.numel() // num_sequences, None)
-            # Padding counts as episode starts, so that no CPC pair reaches into it.
-            layout.episode_starts = layout.time_major(samples.mask) < 0.5
-            self.sequence_listener(layout)
+            # sb3-contrib pads sequence-major; padding counts as episode starts, so no CPC pair reaches into it.
+            padding = samples.mask.reshape(num_sequences, -1).T < 0.5
+            self.sequence_listener(SequenceLayout(num_sequences, padding.shape[0], padding))
         return samples
