@@ -5,7 +5,8 @@
     python run_agent.py train --env MiniWorld-FourRooms-v0 --algo ppo --aux cpc --steps 200000
     python run_agent.py train --resume runs/DIR
     python run_agent.py eval runs/DIR --episodes 20 --video agent.gif
-    python run_agent.py compare --env MiniWorld-TMaze-v0 --env MiniWorld-FourRooms-v0 --seeds 5 --steps 500000
+    python run_agent.py compare --env MiniWorld-TMaze-v0 --arm none --arm control --arm cpc:coef=0.1 --steps 500000
+    python run_agent.py report runs/compare         # rebuild a comparison's report from its folder
     python run_agent.py probe runs/DIR                # linear probes of the agent's z_t and c_t
     python run_agent.py representation               # the paper's protocol -> docs/results/representation.md
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from agents.presets import ALGORITHMS, AUX_CHOICES
-from agents.runs import DEFAULT_ENV, RunConfig, RunError, RunInterrupted
+from experiments.runs import DEFAULT_ENV, RunConfig, RunError, RunInterrupted
 
 MAIN_JOB_STEPS = 60_000
 
@@ -92,9 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=20)
     evaluate.add_argument("--video", type=Path, default=None, help="write the first-person view (.gif or .mp4)")
 
-    compare = commands.add_parser("compare", help="train with and without CPC over seeds and envs, and report")
+    compare = commands.add_parser(
+        "compare", help="train arms (with/without CPC, a control) over seeds and envs, report"
+    )
     compare.add_argument("--env", dest="envs", action="append", required=True, help="MiniWorld id (repeatable)")
+    compare.add_argument(
+        "--arm",
+        dest="arms",
+        action="append",
+        default=None,
+        metavar="KIND[:key=value,...]",
+        help="an arm: none, control (CPC head with coef=0), cpc, cpca, with CPC settings, e.g. cpc:coef=0.1,horizon=8 "
+        "(repeatable; default: none, control, cpc)",
+    )
+    compare.add_argument("--baseline", default=None, help="the arm every other is compared to (default: none)")
     compare.add_argument("--seeds", type=int, default=3)
+    compare.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     compare.add_argument("--steps", "-n", "--n-timesteps", dest="steps", type=int, required=True)
     compare.add_argument("--algo", default="recurrent_ppo", choices=ALGORITHMS)
     compare.add_argument("--workers", type=int, default=1, help="runs at a time")
@@ -102,8 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--n-envs", type=int, default=None)
     compare.add_argument("--device", default="auto")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="runs and report folder")
-    _add_overrides_flag(compare, "settings for every run (as for train)")
+    compare.add_argument("--title", default=None, help="title of the report")
+    _add_overrides_flag(compare, "settings for every run (as for train; default eval_freq=steps/4, eval_episodes=20)")
     compare.add_argument("--no-progress", action="store_true")
+
+    report = commands.add_parser("report", help="rebuild a comparison's report from its folder (finished runs only)")
+    report.add_argument("out", type=Path, help="the comparison folder (holds runs/)")
+    report.add_argument("--baseline", default=None)
+    report.add_argument("--title", default=None)
 
     probe = commands.add_parser("probe", help="linear probes of a trained agent's z_t and c_t")
     probe.add_argument("run_dir", type=Path)
@@ -130,7 +150,7 @@ def _default_run_dir(config: RunConfig) -> Path:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from agents.runs import apply_overrides, read_config, train
+    from experiments.runs import apply_overrides, read_config, train
 
     if args.resume is not None:
         if not args.resume.is_dir():
@@ -156,7 +176,7 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    from agents.evaluation import evaluate_run
+    from experiments.evaluation import evaluate_run
 
     summary = evaluate_run(args.run_dir, args.episodes, args.video)
     print(
@@ -171,11 +191,17 @@ def command_eval(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from agents.compare import plan_jobs, run_jobs, write_report
-    from agents.runs import apply_overrides
+    from experiments.compare import DEFAULT_ARMS, parse_arm, plan_jobs, run_jobs, write_report
+    from experiments.runs import apply_overrides
 
     if args.seeds < 1 or args.workers < 1:
         raise RunError("--seeds and --workers must be >= 1")
+    if args.steps < 1:
+        raise RunError(f"--steps must be >= 1; got {args.steps}")
+    arms = [parse_arm(text) for text in (args.arms or DEFAULT_ARMS)]
+    names = [arm.name for arm in arms]
+    if args.baseline is not None and args.baseline not in names:
+        raise RunError(f"--baseline {args.baseline!r} is not an arm; arms: {', '.join(names)}")
     base = RunConfig(
         env=args.envs[0],
         algo=args.algo,
@@ -183,27 +209,40 @@ def command_compare(args: argparse.Namespace) -> int:
         n_envs=args.n_envs,
         device=args.device,
         vec_env="dummy",
-        eval_freq=max(args.steps // 10, 1),
+        eval_freq=max(args.steps // 4, 1),
+        eval_episodes=20,
         save_freq=max(args.steps // 5, 1),
     )
     base = apply_overrides(base, _flatten(args.overrides))
-    jobs = plan_jobs(base, args.envs, args.seeds, args.out)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    jobs = plan_jobs(base, args.envs, arms, seeds, args.out)
     todo = sum(not job.finished for job in jobs)
     print(
-        f"{len(jobs)} runs ({len(jobs) - todo} already finished) on backend {args.backend}, "
-        f"{args.workers} at a time -> {args.out}",
+        f"{len(jobs)} runs ({len(jobs) - todo} already finished) of arms {', '.join(names)} on backend "
+        f"{args.backend}, {args.workers} at a time -> {args.out}",
         flush=True,
     )
     failures = run_jobs(jobs, args.workers, args.backend, progress=not args.no_progress)
     for line in failures:
         print(f"run failed: {line}", file=sys.stderr)
-    report = write_report(jobs, args.envs, args.out)
+    report = write_report(jobs, args.out, args.baseline, args.title)
     print(f"report: {report} (tables), {report.parent / 'curves.png'} (learning curves)")
     return 1 if failures else 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from experiments.compare import find_jobs, write_report
+
+    jobs = find_jobs(args.out)
+    if not jobs:
+        raise RunError(f"{args.out} holds no runs (expected {args.out}/runs/ENV/ARM/seed_S/config.yaml)")
+    report = write_report(jobs, args.out, args.baseline, args.title)
+    print(f"report: {report}")
+    return 0
+
+
 def command_probe(args: argparse.Namespace) -> int:
-    from agents.representation import probe_run
+    from experiments.representation import probe_run
 
     out = probe_run(args.run_dir, args.episodes)
     print((out / "probe.md").read_text())
@@ -216,7 +255,7 @@ def command_representation(args: argparse.Namespace) -> int:
     import os
     import platform
 
-    from agents.representation import ProtocolConfig, run_protocol, write_document
+    from experiments.representation import ProtocolConfig, run_protocol, write_document
 
     config = ProtocolConfig()
     changes = {"seeds": args.seeds, "train_steps": args.train_steps, "tasks": tuple(args.tasks) if args.tasks else None}
@@ -258,7 +297,7 @@ def _last_cpc_figures(run_dir: Path) -> str:
 
 def main_job() -> int:
     """The README's main job: a short CPC training run on the default task."""
-    from agents.runs import train
+    from experiments.runs import train
 
     config = RunConfig(steps=MAIN_JOB_STEPS, eval_freq=MAIN_JOB_STEPS // 5, save_freq=MAIN_JOB_STEPS // 5)
     run_dir = _default_run_dir(config)
@@ -285,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": command_train,
             "eval": command_eval,
             "compare": command_compare,
+            "report": command_report,
             "probe": command_probe,
             "representation": command_representation,
         }

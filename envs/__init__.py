@@ -14,12 +14,17 @@ from envs.factory import (
     make_vec_env,
 )
 from envs.rendering import RendererUnavailableError
+from envs.tasks import SIGN_COLORS, TASK_KINDS, register_tasks
+
+register_tasks()
 
 __all__ = [
     "GOAL_TASKS",
     "SUITE",
     "MiniWorldAgentEnv",
     "RendererUnavailableError",
+    "SIGN_COLORS",
+    "TASK_KINDS",
     "check_env_id",
     "list_envs",
     "make_env",

@@ -19,7 +19,18 @@ from envs.rendering import configure_headless, give_own_display_list, import_min
 configure_headless()
 
 # Tasks whose reward is reaching one goal object, held as ``env.box``.
-GOAL_TASKS = ("Hallway", "OneRoom", "FourRooms", "Maze", "Sidewalk", "ThreeRooms", "TMaze", "WallGap", "YMaze")
+GOAL_TASKS = (
+    "SignMemory",
+    "Hallway",
+    "OneRoom",
+    "FourRooms",
+    "Maze",
+    "Sidewalk",
+    "ThreeRooms",
+    "TMaze",
+    "WallGap",
+    "YMaze",
+)
 
 # The benchmark suite: one MiniWorld task for each kind of DeepMind Lab task of the CPC paper.
 SUITE = (

@@ -165,38 +165,47 @@ def test_eval_reports_confidence_intervals_and_writes_a_video(trained_run, tmp_p
         assert image.n_frames > 3 and image.size == (320, 240)
 
 
-def test_compare_writes_tables_and_curves_and_skips_finished_runs(tmp_path):
+def test_compare_arms_write_tables_and_curves_and_skip_finished_runs(tmp_path):
     out = tmp_path / "compare"
-    args = [
-        "compare",
-        "--env",
-        "MiniWorld-Hallway-v0",
-        "--seeds",
-        2,
-        "--steps",
-        80,
-        "--algo",
-        "ppo",
-        "--workers",
-        2,
-        "--n-envs",
-        1,
-        "--out",
-        out,
-        "--no-progress",
-        *TINY,
-        "eval_freq=40",
-    ]
+    args = ["compare", "--env", "MiniWorld-Hallway-v0", "--arm", "control", "--arm", "cpc:coef=0.1,horizon=4"]
+    args += ["--baseline", "control", "--seeds", 2, "--first-seed", 7, "--steps", 80, "--algo", "ppo"]
+    args += ["--workers", 2, "--n-envs", 1, "--out", out, "--no-progress", *TINY, "eval_freq=40"]
     result = run_agent(*args)
     assert result.returncode == 0, result.stderr
+    runs = out / "runs" / "MiniWorld-Hallway-v0"
+    assert sorted(path.name for path in runs.iterdir()) == ["control", "cpc-coef0.1-horizon4"]
+    control = yaml.safe_load((runs / "control" / "seed_7" / "config.yaml").read_text())
+    treated = yaml.safe_load((runs / "cpc-coef0.1-horizon4" / "seed_8" / "config.yaml").read_text())
+    assert control["aux"] == "cpc" and control["cpc_kwargs"]["coef"] == 0.0
+    assert treated["cpc_kwargs"]["coef"] == 0.1 and treated["cpc_kwargs"]["horizon"] == 4
     report = (out / "report" / "README.md").read_text()
-    assert "| cpc | 2 |" in report and "| none | 2 |" in report and "cpc − none" in report
-    assert "IQM [95% stratified bootstrap CI]" in report
+    assert "| control | 2 |" in report and "| cpc-coef0.1-horizon4 | 2 |" in report
+    assert "cpc-coef0.1-horizon4 − control" in report
     assert (out / "report" / "curves.png").stat().st_size > 1000
     scores = pd.read_csv(out / "report" / "scores.csv")
-    assert len(scores) == 4 and set(scores["aux"]) == {"cpc", "none"}
+    assert len(scores) == 4 and set(scores["seed"]) == {7, 8}
+    assert scores["cpc_accuracy_k1"].between(0, 1).all() and scores["eval_seconds"].gt(0).all()
     again = run_agent(*args)
     assert again.returncode == 0 and "4 runs (4 already finished)" in again.stdout
+    (out / "report" / "README.md").unlink()
+    rebuilt = run_agent("report", out, "--baseline", "control")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (out / "report" / "README.md").read_text() == report
+
+
+def test_compare_refuses_bad_arms_before_any_run(tmp_path):
+    out = tmp_path / "compare"
+    common = ["--steps", 80, "--out", out, "--no-progress"]
+    hallway = ["compare", "--env", "MiniWorld-Hallway-v0"]
+    assert_clean_error(run_agent(*hallway, "--arm", "vae", *common), "unknown arm 'vae'")
+    assert_clean_error(run_agent(*hallway, "--arm", "cpc:coeff=0.1", *common), "unknown CPC setting 'coeff'")
+    assert_clean_error(run_agent(*hallway, "--arm", "control:coef=1", *common), "control always has coef=0")
+    assert_clean_error(run_agent(*hallway, "--arm", "cpc", "--baseline", "none", *common), "is not an arm")
+    assert_clean_error(run_agent(*hallway, "--arm", "cpc:horizon=500", *common), "horizon")
+    assert_clean_error(run_agent("compare", "--env", "MiniWorld-Nope-v0", *common), "unknown MiniWorld env id")
+    assert_clean_error(run_agent(*hallway, "--steps", 0, "--out", out), "--steps must be >= 1")
+    assert_clean_error(run_agent("report", tmp_path / "empty"), "holds no runs")
+    assert not out.exists()
 
 
 def test_compare_on_a_local_ray_instance(tmp_path):
@@ -206,6 +215,10 @@ def test_compare_on_a_local_ray_instance(tmp_path):
         "compare",
         "--env",
         "MiniWorld-Hallway-v0",
+        "--arm",
+        "none",
+        "--arm",
+        "cpc",
         "--seeds",
         1,
         "--steps",

@@ -5,16 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from agents.representation import (
+from cpc_rl import CPCHead
+from cpc_rl.probe import linear_probe, ridge_r2, split_by_episode
+from envs.exploration import HEADING_SECTORS, explore, probe_targets
+from experiments.representation import (
     ProtocolConfig,
     run_protocol,
     sample_windows,
     train_representation,
     write_document,
 )
-from cpc_rl import CPCHead
-from cpc_rl.probe import linear_probe, ridge_r2, split_by_episode
-from envs.exploration import HEADING_SECTORS, explore, probe_targets
 
 
 def synthetic(steps_per_episode=40, episodes=20, dim=16, seed=0):

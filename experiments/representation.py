@@ -19,12 +19,12 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from agents.files import save_figure_atomically, write_text_atomically
 from agents.networks import FrameEncoder
 from cpc_rl import CPCHead
 from cpc_rl.probe import linear_probe
 from cpc_rl.sequences import run_rnn_with_resets
 from envs.exploration import Trajectories, explore, probe_targets
+from experiments.files import save_figure_atomically, write_text_atomically
 
 METHODS = ("random", "cpc", "cpca", "supervised")
 REGRESSION_TARGETS = ("position", "heading", "goal_relative")
@@ -358,7 +358,7 @@ def probe_run(run_dir: Path, episodes: int = 20, seed: int = 30_000) -> Path:
     Probe a trained agent: roll it out, probe its encoder output ``z_t`` and its context ``c_t``
     (the actor LSTM, or the CPC head's GRU of feed-forward agents), write ``probe/``.
     """
-    from agents.runs import RunError, latest_model_path, load_model, read_config
+    from experiments.runs import RunError, latest_model_path, load_model, read_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

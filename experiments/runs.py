@@ -31,9 +31,15 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.factory import ALGORITHM_CLASSES, make_agent
-from agents.files import save_figure_atomically, save_model_atomically, write_json, write_text_atomically, write_yaml
 from agents.presets import ALGORITHMS, AUX_CHOICES, preset
-from agents.stats import mean_ci, wilson_interval
+from experiments.files import (
+    save_figure_atomically,
+    save_model_atomically,
+    write_json,
+    write_text_atomically,
+    write_yaml,
+)
+from experiments.stats import mean_ci, wilson_interval
 
 DEFAULT_ENV = "MiniWorld-Hallway-v0"
 KEEP_CHECKPOINTS = 3
@@ -325,9 +331,19 @@ class Run:
         self.dir = Path(run_dir)
         self.config = config
         self.title = f"{config.env} {config.algo} aux={config.aux} seed={config.seed}"
+        # Wall time of earlier segments (a resumed run), so that the costs cover the whole run.
+        previous = read_status(self.dir)
+        self._earlier_seconds = previous.get("wall_seconds", 0.0)
+        self.eval_seconds = previous.get("eval_seconds", 0.0)
+        self._started = time.perf_counter()
 
     def write_status(self, state: str, steps: int, **extra: Any) -> None:
-        write_json(self.dir / "status.json", {"state": state, "num_timesteps": steps, "updated": time.time(), **extra})
+        wall = self._earlier_seconds + time.perf_counter() - self._started
+        costs = {"wall_seconds": wall, "eval_seconds": self.eval_seconds, "train_seconds": wall - self.eval_seconds}
+        write_json(
+            self.dir / "status.json",
+            {"state": state, "num_timesteps": steps, "updated": time.time(), **costs, **extra},
+        )
 
     def save_checkpoint(self, model: BaseAlgorithm) -> Path:
         path = self.dir / "checkpoints" / f"step_{model.num_timesteps:010d}.zip"
@@ -337,7 +353,9 @@ class Run:
         return path
 
     def evaluate(self, model: BaseAlgorithm) -> dict[str, float]:
+        started = time.perf_counter()
         returns, _, _ = run_episodes(model, self.config, self.config.eval_episodes, seed=self.config.seed + 10_000)
+        self.eval_seconds += time.perf_counter() - started
         row = {"step": model.num_timesteps, **summarise_episodes(returns)}
         path = self.dir / "evaluations.csv"
         table = pd.read_csv(path) if path.is_file() else pd.DataFrame()

@@ -1,0 +1,506 @@
+"""Comparing arms (no auxiliary loss, a control, CPC settings) over envs and seeds: the runs, and the report.
+
+An arm is written ``KIND`` or ``KIND:key=value,key=value`` with ``KIND`` one of :data:`ARM_KINDS`
+and keys of ``cpc_kwargs``. ``control`` is the CPC head with ``coef=0``: the same minibatch layout
+and compute as ``cpc``, no gradient from CPC. Runs live in ``OUT/runs/ENV/ARM/seed_S``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.files import save_figure_atomically, write_text_atomically
+from experiments.runs import RunConfig, RunError, episode_curve, read_config, read_status
+from experiments.stats import bootstrap_ci, difference_ci, iqm
+
+# Arm kind -> the run's aux.
+ARM_KINDS = {"none": "none", "control": "cpc", "cpc": "cpc", "cpca": "cpca"}
+DEFAULT_ARMS = ("none", "control", "cpc")
+RUN_AGENT = Path(__file__).resolve().parent.parent / "run_agent.py"
+CURVE_BINS = 20
+ARM_COLOURS = ("tab:gray", "tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """
+    One arm of a comparison.
+
+    :param kind: ``none``, ``control``, ``cpc`` or ``cpca``.
+    :param settings: ``cpc_kwargs`` of the arm (``control`` adds ``coef=0``).
+    """
+
+    kind: str
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """Readable and usable as a folder name: ``cpc``, ``cpc-coef0.1-horizon8``."""
+        return "-".join([self.kind, *(f"{key}{_format_value(value)}" for key, value in self.settings)])
+
+    @property
+    def aux(self) -> str:
+        return ARM_KINDS[self.kind]
+
+    @property
+    def cpc_kwargs(self) -> dict[str, Any]:
+        settings = dict(self.settings)
+        if self.kind == "control":
+            settings["coef"] = 0.0
+        return settings
+
+
+def _format_value(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.+_]", "", str(value))
+
+
+def parse_arm(text: str) -> Arm:
+    """
+    Parse ``KIND[:key=value,...]``; values are Python literals.
+
+    :raises RunError: for an unknown kind or key, or a malformed setting.
+    """
+    from cpc_rl.sb3.config import CPC_DEFAULTS
+
+    kind, _, rest = text.strip().partition(":")
+    if kind not in ARM_KINDS:
+        raise RunError(f"unknown arm {kind!r} in --arm {text!r}; arms are {', '.join(ARM_KINDS)} (e.g. cpc:coef=0.1)")
+    settings = []
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise RunError(f"--arm {text!r}: settings are key=value, separated by commas")
+        if key not in CPC_DEFAULTS:
+            raise RunError(f"--arm {text!r}: unknown CPC setting {key!r}; valid: {', '.join(sorted(CPC_DEFAULTS))}")
+        try:
+            settings.append((key, ast.literal_eval(value)))
+        except (ValueError, SyntaxError):
+            settings.append((key, value))
+    if kind == "none" and settings:
+        raise RunError(f"--arm {text!r}: the arm none has no CPC settings")
+    if kind == "control" and any(key == "coef" for key, _ in settings):
+        raise RunError(f"--arm {text!r}: control always has coef=0; use cpc:coef=... for another weight")
+    return Arm(kind, tuple(settings))
+
+
+@dataclass
+class Job:
+    """One (env, arm, seed) training run of a comparison."""
+
+    config: RunConfig
+    run_dir: Path
+    arm: str = field(default="")
+
+    @property
+    def finished(self) -> bool:
+        return read_status(self.run_dir).get("state") == "finished"
+
+    def command(self) -> list[str]:
+        """The ``run_agent.py train`` command that runs (or resumes) this job."""
+        if (self.run_dir / "config.yaml").exists():
+            return [sys.executable, str(RUN_AGENT), "train", "--resume", str(self.run_dir), "--no-progress"]
+        config = self.config
+        command = [sys.executable, str(RUN_AGENT), "train", "--env", config.env, "--algo", config.algo]
+        command += ["--aux", config.aux, "--steps", str(config.steps), "--seed", str(config.seed)]
+        command += ["--device", config.device, "--run-dir", str(self.run_dir), "--no-progress"]
+        if config.n_envs:
+            command += ["--n-envs", str(config.n_envs)]
+        settings = {
+            "vec_env": config.vec_env,
+            "eval_freq": config.eval_freq,
+            "eval_episodes": config.eval_episodes,
+            "save_freq": config.save_freq,
+        }
+        settings.update(config.hyperparams)
+        settings.update({f"cpc.{k}": v for k, v in config.cpc_kwargs.items()})
+        settings.update({f"env.{k}": v for k, v in config.env_kwargs.items()})
+        for key, value in settings.items():
+            command += ["--set", f"{key}={value!r}"]
+        return command
+
+
+def _check_cpc_settings(config: RunConfig, arm: Arm) -> None:
+    """Refuse CPC settings that the algorithm would refuse, before any run starts."""
+    if arm.aux == "none":
+        return
+    from agents.presets import preset
+    from cpc_rl.sb3.config import resolve_cpc_kwargs
+
+    chosen = preset(config.algo, arm.aux)
+    n_steps = config.hyperparams.get("n_steps", chosen["algo_kwargs"]["n_steps"])
+    try:
+        resolve_cpc_kwargs({**chosen["cpc_kwargs"], **config.cpc_kwargs}, None, n_steps)
+    except ValueError as error:
+        raise RunError(f"arm {arm.name}: {error}") from None
+
+
+def plan_jobs(base: RunConfig, env_ids: list[str], arms: list[Arm], seeds: list[int], out_dir: Path) -> list[Job]:
+    """Every (env, arm, seed) of the comparison; a run dir holding a config but no checkpoint is moved aside."""
+    names = [arm.name for arm in arms]
+    if len(set(names)) != len(names):
+        raise RunError(f"arms must differ; got {names}")
+    jobs = []
+    for env_id in env_ids:
+        for arm in arms:
+            for seed in seeds:
+                cpc_kwargs = {**base.cpc_kwargs, **arm.cpc_kwargs} if arm.aux != "none" else {}
+                config = RunConfig(**{**base.to_dict(), "env": env_id, "aux": arm.aux, "seed": seed})
+                config.cpc_kwargs = cpc_kwargs
+                config.check()
+                _check_cpc_settings(config, arm)
+                run_dir = out_dir / "runs" / env_id / arm.name / f"seed_{seed}"
+                started = (run_dir / "config.yaml").exists()
+                if (
+                    started
+                    and not read_status(run_dir).get("state") == "finished"
+                    and not any((run_dir / "checkpoints").glob("*.zip"))
+                ):
+                    run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}"))
+                jobs.append(Job(config, run_dir, arm.name))
+    return jobs
+
+
+def find_jobs(out_dir: Path) -> list[Job]:
+    """The runs of a comparison folder, from what is on disk (``runs/ENV/ARM/seed_S/config.yaml``)."""
+    jobs = []
+    for config_path in sorted((Path(out_dir) / "runs").glob("*/*/seed_*/config.yaml")):
+        run_dir = config_path.parent
+        jobs.append(Job(read_config(run_dir), run_dir, run_dir.parent.name))
+    return jobs
+
+
+def _run_job_locally(job: Job, threads: int) -> tuple[Job, int, str]:
+    environ = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    job.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(job.command(), capture_output=True, text=True, env=environ)
+    return job, result.returncode, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+
+
+def run_jobs(jobs: list[Job], workers: int, backend: str, progress: bool = True) -> list[str]:
+    """
+    Run the jobs that have not finished, ``workers`` at a time.
+
+    :param backend: ``local`` (processes on this machine) or ``ray`` (Ray tasks; a cluster if
+        ``RAY_ADDRESS`` is set, else a local Ray instance). Run dirs must be on storage that
+        every Ray node sees.
+    :return: one line per failed job.
+    """
+    pending = [job for job in jobs if not job.finished]
+    if not pending:
+        return []
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if backend == "ray":
+        return _run_jobs_on_ray(pending, workers, threads)
+    if backend != "local":
+        raise RunError(f"unknown backend {backend!r}; choose local or ray")
+    from tqdm import tqdm
+
+    failures = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_run_job_locally, job, threads) for job in pending]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
+            job, code, last_line = future.result()
+            if code != 0:
+                failures.append(f"{job.run_dir}: exit {code}: {last_line}")
+    return failures
+
+
+def _run_jobs_on_ray(jobs: list[Job], workers: int, threads: int) -> list[str]:
+    try:
+        import ray
+    except ImportError:
+        raise RunError("the ray backend needs Ray: pip install 'cpc-rl[ray]' (or pip install ray)") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+
+    # max_calls=1: a fresh worker process per run, as with the local backend.
+    @ray.remote(num_cpus=1, max_calls=1)
+    def run_remote(job: Job) -> tuple[Job, int, str]:
+        return _run_job_locally(job, threads)
+
+    try:
+        results = ray.get([run_remote.remote(job) for job in jobs])
+    finally:
+        if started_here:
+            ray.shutdown()
+    return [f"{job.run_dir}: exit {code}: {line}" for job, code, line in results if code != 0]
+
+
+def training_curve(run_dir: Path, total_steps: int, bins: int = CURVE_BINS) -> np.ndarray:
+    """Mean training-episode return in ``bins`` equal spans of the run's steps (NaN where none ended)."""
+    episodes = episode_curve(run_dir)
+    edges = np.linspace(0, total_steps, bins + 1)
+    which = np.clip(np.searchsorted(edges, episodes["step"].to_numpy(), side="right") - 1, 0, bins - 1)
+    returns = episodes["return"].to_numpy(float)
+    return np.array([returns[which == i].mean() if (which == i).any() else np.nan for i in range(bins)])
+
+
+def cpc_figures(run_dir: Path, last_fraction: float = 0.1) -> dict[str, float]:
+    """The CPC figures logged over the last ``last_fraction`` of a run's updates: accuracy at k=1 and K, MI bound."""
+    frames = [pd.read_csv(path) for path in sorted(Path(run_dir).glob("logs/segment_*/progress.csv"))]
+    frames = [frame for frame in frames if "train/cpc_accuracy" in frame]
+    if not frames:
+        return {}
+    progress = pd.concat(frames).dropna(subset=["train/cpc_accuracy"])
+    horizons = [int(m.group(1)) for c in progress for m in [re.fullmatch(r"train/cpc_accuracy_k(\d+)", c)] if m]
+    tail = progress.iloc[-max(1, int(len(progress) * last_fraction)) :]
+    return {
+        "cpc_accuracy_k1": float(tail["train/cpc_accuracy_k1"].mean()),
+        "cpc_accuracy_kK": float(tail[f"train/cpc_accuracy_k{max(horizons)}"].mean()),
+        "cpc_mi_bound": float(tail["train/cpc_mi_bound"].mean()),
+    }
+
+
+def run_scores(job: Job) -> dict[str, Any] | None:
+    """
+    Scores of a finished run: final evaluation return and success, the area under the training
+    curve (mean training-episode return over the run's step bins), CPC figures, and costs.
+    """
+    status = read_status(job.run_dir)
+    path = job.run_dir / "evaluations.csv"
+    if status.get("state") != "finished" or not path.is_file():
+        return None
+    evaluations = pd.read_csv(path).sort_values("step")
+    if evaluations.empty:
+        return None
+    curve = training_curve(job.run_dir, job.config.steps)
+    return {
+        "env": job.config.env,
+        "arm": job.arm,
+        "seed": job.config.seed,
+        "final_return": float(evaluations["mean_return"].iloc[-1]),
+        "final_success": float(evaluations["success_rate"].iloc[-1]),
+        "auc": float(np.nanmean(curve)) if not np.isnan(curve).all() else float("nan"),
+        "steps": int(evaluations["step"].iloc[-1]),
+        **cpc_figures(job.run_dir),
+        "train_seconds": status.get("train_seconds", float("nan")),
+        "eval_seconds": status.get("eval_seconds", float("nan")),
+    }
+
+
+def _format(estimate: float, low: float, high: float) -> str:
+    return f"{estimate:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def env_table(scores: pd.DataFrame, env_id: str, arms: list[str], baseline: str) -> str:
+    """Markdown tables of one env: each arm across seeds, then each arm minus the baseline."""
+    of_env = scores[scores["env"] == env_id]
+    rows = [
+        "| arm | seeds | final return, mean [95% CI] | final return, IQM | AUC, mean [95% CI] | AUC, IQM "
+        "| final success | CPC acc. k=1 | CPC acc. k=K | MI bound (nats) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        group = of_env[of_env["arm"] == arm]
+        if group.empty:
+            continue
+        cpc = [
+            f"{group[key].mean():.3f}" if key in group and group[key].notna().any() else "–"
+            for key in ("cpc_accuracy_k1", "cpc_accuracy_kK", "cpc_mi_bound")
+        ]
+        rows.append(
+            f"| {arm} | {len(group)} | {_format(*bootstrap_ci(group['final_return']))} | "
+            f"{iqm(group['final_return']):.3f} | {_format(*bootstrap_ci(group['auc']))} | {iqm(group['auc']):.3f} | "
+            f"{group['final_success'].mean():.2f} | {' | '.join(cpc)} |"
+        )
+    base = of_env[of_env["arm"] == baseline]
+    differences = [
+        "",
+        f"Difference to the baseline `{baseline}` (mean over seeds, 95% bootstrap CI):",
+        "",
+        "| arm − baseline | final return | AUC |",
+        "|---|---|---|",
+    ]
+    for arm in arms:
+        group = of_env[of_env["arm"] == arm]
+        if arm == baseline or group.empty or base.empty:
+            continue
+        differences.append(
+            f"| {arm} − {baseline} | {_format(*difference_ci(group['final_return'], base['final_return']))} | "
+            f"{_format(*difference_ci(group['auc'], base['auc']))} |"
+        )
+    return "\n".join(rows + (differences if len(differences) > 5 else []))
+
+
+def score_matrices(scores: pd.DataFrame, metric: str, arms: list[str]) -> dict[str, np.ndarray]:
+    """rliable's layout: per arm a ``(seeds, envs)`` matrix, seeds cut to the fewest any (env, arm) has."""
+    env_ids = sorted(scores["env"].unique())
+    seeds = int(scores.groupby(["env", "arm"]).size().min())
+    return {
+        arm: np.stack(
+            [
+                scores[(scores["env"] == e) & (scores["arm"] == arm)].sort_values("seed")[metric].to_numpy()[:seeds]
+                for e in env_ids
+            ],
+            axis=1,
+        )
+        for arm in arms
+    }
+
+
+def aggregate_table(scores: pd.DataFrame, arms: list[str], baseline: str, reps: int = 2000) -> str:
+    """rliable across envs and seeds: IQM with stratified bootstrap CIs, and P(arm > baseline) with its CI."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    rows = ["| metric | arm | IQM [95% stratified bootstrap CI] | P(arm > baseline) [95% CI] |", "|---|---|---|---|"]
+    for metric in ("final_return", "auc"):
+        matrices = score_matrices(scores, metric, arms)
+        estimates, intervals = rly.get_interval_estimates(
+            matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
+        )
+        pairs = {f"{arm},{baseline}": (matrices[arm], matrices[baseline]) for arm in arms if arm != baseline}
+        improvement, improvement_ci = (
+            rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=reps // 2) if pairs else ({}, {})
+        )
+        for arm in arms:
+            key = f"{arm},{baseline}"
+            probability = (
+                _format(float(improvement[key]), *np.ravel(improvement_ci[key])) if key in improvement else "–"
+            )
+            rows.append(f"| {metric} | {arm} | {_format(estimates[arm][0], *intervals[arm][:, 0])} | {probability} |")
+    return "\n".join(rows)
+
+
+def plot_curves(jobs: list[Job], env_ids: list[str], arms: list[str], path: Path) -> Path:
+    """Training-episode return against env steps: mean over seeds with a 95% bootstrap band, per env and arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(env_ids))
+    rows = (len(env_ids) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 3.4 * rows), squeeze=False)
+    for axis, env_id in zip(axes.flat, env_ids, strict=False):
+        for colour, arm in zip(ARM_COLOURS * 4, arms, strict=False):
+            runs = [job for job in jobs if job.config.env == env_id and job.arm == arm and job.finished]
+            if not runs:
+                continue
+            total = runs[0].config.steps
+            curves = np.stack([training_curve(job.run_dir, total) for job in runs])
+            centres = (np.arange(CURVE_BINS) + 0.5) * total / CURVE_BINS
+            bands = np.array(
+                [
+                    bootstrap_ci(column[~np.isnan(column)], reps=300) if (~np.isnan(column)).any() else (np.nan,) * 3
+                    for column in curves.T
+                ]
+            )
+            axis.plot(centres, bands[:, 0], color=colour, label=f"{arm} ({len(runs)} seeds)")
+            axis.fill_between(centres, bands[:, 1], bands[:, 2], color=colour, alpha=0.15)
+        axis.set_title(env_id.removeprefix("MiniWorld-"), fontsize=10)
+        axis.set_xlabel("env steps")
+        axis.set_ylabel("training-episode return")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(env_ids) :]:
+        axis.axis("off")
+    figure.tight_layout()
+    save_figure_atomically(figure, path)
+    plt.close(figure)
+    return path
+
+
+def plot_profiles(scores: pd.DataFrame, arms: list[str], path: Path) -> Path:
+    """rliable's performance profiles of the final return (fraction of runs above each score)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import library as rly
+    from rliable import plot_utils
+
+    matrices = score_matrices(scores, "final_return", arms)
+    thresholds = np.linspace(0.0, 1.0, 51)
+    distributions, bands = rly.create_performance_profile(matrices, thresholds, reps=500)
+    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    plot_utils.plot_performance_profiles(
+        distributions,
+        thresholds,
+        performance_profile_cis=bands,
+        colors=dict(zip(arms, ARM_COLOURS * 4, strict=False)),
+        xlabel="final evaluation return τ",
+        ax=axis,
+    )
+    axis.legend(arms, fontsize=7)
+    save_figure_atomically(figure, path)
+    plt.close(figure)
+    return path
+
+
+def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, title: str | None = None) -> Path:
+    """
+    Write ``report/README.md``, ``report/scores.csv``, ``report/curves.png`` and (with every
+    (env, arm) present) ``report/profiles.png`` from the finished runs; return the markdown path.
+    Unfinished runs are listed, never counted.
+    """
+    report_dir = Path(out_dir) / "report"
+    env_ids = list(dict.fromkeys(job.config.env for job in jobs))
+    arms = list(dict.fromkeys(job.arm for job in jobs))
+    baseline = baseline or ("none" if "none" in arms else arms[0])
+    if baseline not in arms:
+        raise RunError(f"baseline {baseline!r} is not an arm of this comparison; arms: {', '.join(arms)}")
+    records = [score for score in (run_scores(job) for job in jobs) if score is not None]
+    if not records:
+        raise RunError(f"no run in {out_dir} has finished yet")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    scores = pd.DataFrame(records)
+    write_text_atomically(report_dir / "scores.csv", scores.to_csv(index=False))
+    plot_curves(jobs, env_ids, arms, report_dir / "curves.png")
+    config = jobs[0].config
+    eval_share = scores["eval_seconds"] / (scores["train_seconds"] + scores["eval_seconds"])
+    lines = [
+        f"# {title or 'Comparison of arms'}",
+        "",
+        f"algo `{config.algo}`; baseline arm `{baseline}`; {len(scores)} finished runs. Final return: the last "
+        f"evaluation ({config.eval_episodes} episodes); AUC: mean training-episode return over {CURVE_BINS} equal "
+        "spans of the run (the area under the training curve divided by its length). CIs: 95% percentile "
+        "bootstrap over seeds; IQM: interquartile mean. CPC figures: mean over the last 10% of updates.",
+        "",
+        "![learning curves](curves.png)",
+        "",
+    ]
+    if eval_share.notna().any():
+        lines += [f"Evaluation took {eval_share.mean():.1%} of the runs' wall time on average.", ""]
+    for env_id in env_ids:
+        lines += [f"## {env_id}", "", env_table(scores, env_id, arms, baseline), ""]
+    present = scores.groupby(["env", "arm"]).size()
+    if len(present) == len(env_ids) * len(arms) and len(env_ids) > 1:
+        plot_profiles(scores, arms, report_dir / "profiles.png")
+        lines += [
+            "## Aggregate over envs (rliable)",
+            "",
+            f"{int(present.min())} seeds per (env, arm) enter; returns of these tasks lie in [0, 1].",
+            "",
+            aggregate_table(scores, arms, baseline),
+            "",
+            "![performance profiles](profiles.png)",
+            "",
+        ]
+    unfinished = [job for job in jobs if not job.finished]
+    if unfinished:
+        lines += ["## Not finished (not in the statistics)", ""]
+        lines += [
+            f"- `{job.run_dir.relative_to(out_dir)}`: {read_status(job.run_dir).get('state', 'not started')}"
+            for job in unfinished
+        ]
+        lines.append("")
+    path = report_dir / "README.md"
+    write_text_atomically(path, "\n".join(lines))
+    return path

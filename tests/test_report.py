@@ -1,0 +1,115 @@
+"""The comparison report's statistics, checked against hand computations on fixed numbers."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from experiments.compare import Arm, find_jobs, parse_arm, training_curve, write_report
+from experiments.runs import RunConfig, RunError
+from experiments.stats import difference_ci, iqm
+
+STEPS = 1000
+# Final evaluation returns per (env, arm): 4 seeds each.
+FINAL = {
+    ("MiniWorld-Hallway-v0", "none"): [0.1, 0.2, 0.3, 0.9],
+    ("MiniWorld-Hallway-v0", "cpc"): [0.4, 0.5, 0.6, 0.7],
+    ("MiniWorld-TMaze-v0", "none"): [0.0, 0.0, 0.1, 0.1],
+    ("MiniWorld-TMaze-v0", "cpc"): [0.2, 0.0, 0.3, 0.1],
+}
+
+
+def write_run(out, env_id, arm, seed, final, episode_returns, finished=True):
+    run_dir = out / "runs" / env_id / arm / f"seed_{seed}"
+    (run_dir / "monitor").mkdir(parents=True)
+    aux = "none" if arm == "none" else "cpc"
+    config = RunConfig(env=env_id, algo="ppo", aux=aux, steps=STEPS, seed=seed, eval_episodes=20)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    state = "finished" if finished else "running"
+    status = {"state": state, "num_timesteps": STEPS, "train_seconds": 90.0, "eval_seconds": 10.0}
+    (run_dir / "status.json").write_text(json.dumps(status))
+    evaluations = pd.DataFrame(
+        {"step": [STEPS // 2, STEPS], "mean_return": [0.0, final], "return_ci95": [0.0, 0.1], "success_rate": [0, 1]}
+    )
+    evaluations.to_csv(run_dir / "evaluations.csv", index=False)
+    # One env, episodes of 100 steps: episode i ends at step 100 (i + 1), one per curve bin of 50 steps... every other.
+    monitor = pd.DataFrame({"r": episode_returns, "l": [100] * len(episode_returns), "t": range(len(episode_returns))})
+    (run_dir / "monitor" / "0.monitor.csv").write_text("#{}\n" + monitor.to_csv(index=False))
+    return run_dir
+
+
+@pytest.fixture
+def comparison(tmp_path):
+    out = tmp_path / "study"
+    for (env_id, arm), finals in FINAL.items():
+        for seed, final in enumerate(finals):
+            write_run(out, env_id, arm, seed, final, [final / 2] * 5 + [final] * 5)
+    write_run(out, "MiniWorld-TMaze-v0", "cpc", 9, 1.0, [1.0] * 10, finished=False)
+    return out
+
+
+def test_training_curve_bins_episodes_by_their_last_step(tmp_path):
+    run_dir = write_run(tmp_path, "MiniWorld-Hallway-v0", "none", 0, 0.5, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    # Episodes end at steps 100..1000; 10 bins of 100 steps: the episode ending at 1000 joins the last bin.
+    curve = training_curve(run_dir, STEPS, bins=10)
+    np.testing.assert_allclose(curve, [np.nan, 0, 1, 2, 3, 4, 5, 6, 7, 8.5])
+    curve = training_curve(run_dir, STEPS, bins=5)
+    np.testing.assert_allclose(curve, [0, 1.5, 3.5, 5.5, 8])
+
+
+def test_report_statistics_match_hand_computation(comparison):
+    jobs = find_jobs(comparison)
+    assert len(jobs) == 17
+    report = write_report(jobs, comparison).read_text()
+    scores = pd.read_csv(comparison / "report" / "scores.csv")
+    assert len(scores) == 16, "the unfinished run must not enter the statistics"
+    hallway_cpc = scores[(scores["env"] == "MiniWorld-Hallway-v0") & (scores["arm"] == "cpc")].sort_values("seed")
+    np.testing.assert_allclose(hallway_cpc["final_return"], [0.4, 0.5, 0.6, 0.7])
+    # AUC over 20 bins of 50 steps: episodes end every 100 steps, so 10 bins hold one episode each,
+    # 5 of them at final/2 and 5 at final: AUC = 0.75 * final.
+    np.testing.assert_allclose(hallway_cpc["auc"], 0.75 * np.array([0.4, 0.5, 0.6, 0.7]))
+    # IQM of [0.1, 0.2, 0.3, 0.9] is the mean of the middle two: 0.25; the mean is 0.375.
+    assert iqm(np.array([0.1, 0.2, 0.3, 0.9])) == pytest.approx(0.25)
+    assert "| none | 4 | 0.375 [" in report and "| 0.250 |" in report
+    # Difference of means: 0.55 - 0.375 = 0.175.
+    estimate, low, high = difference_ci(np.array([0.4, 0.5, 0.6, 0.7]), np.array([0.1, 0.2, 0.3, 0.9]))
+    assert estimate == pytest.approx(0.175) and low < estimate < high
+    assert f"| cpc − none | {estimate:.3f} [{low:.3f}, {high:.3f}]" in report
+    # P(cpc > none) on TMaze by hand: pairs (x > y) + 0.5 (x == y) over 16 pairs, then averaged with Hallway.
+    tmaze = _probability(FINAL[("MiniWorld-TMaze-v0", "cpc")], FINAL[("MiniWorld-TMaze-v0", "none")])
+    hallway = _probability(FINAL[("MiniWorld-Hallway-v0", "cpc")], FINAL[("MiniWorld-Hallway-v0", "none")])
+    assert "| final_return | cpc | " in report
+    assert f"{(tmaze + hallway) / 2:.3f} [" in report
+    assert "Evaluation took 10.0% of the runs' wall time" in report
+    assert "## Not finished (not in the statistics)" in report and "seed_9" in report
+    assert (comparison / "report" / "profiles.png").stat().st_size > 1000
+
+
+def _probability(treated, control):
+    return float(np.mean([(x > y) + 0.5 * (x == y) for x in treated for y in control]))
+
+
+def test_report_refuses_a_baseline_that_is_not_an_arm(comparison):
+    with pytest.raises(RunError, match="baseline 'control' is not an arm"):
+        write_report(find_jobs(comparison), comparison, baseline="control")
+
+
+def test_arms_have_readable_distinct_names():
+    assert parse_arm("cpc").name == "cpc"
+    arm = parse_arm("cpc:coef=0.1,horizon=8")
+    assert arm == Arm("cpc", (("coef", 0.1), ("horizon", 8))) and arm.name == "cpc-coef0.1-horizon8"
+    assert arm.cpc_kwargs == {"coef": 0.1, "horizon": 8} and arm.aux == "cpc"
+    control = parse_arm("control:horizon=8")
+    assert control.aux == "cpc" and control.cpc_kwargs == {"horizon": 8, "coef": 0.0}
+    assert parse_arm("cpca:coef=0.1").aux == "cpca" and parse_arm("none").aux == "none"
+    assert parse_arm("cpc:negatives='same_sequence'").name == "cpc-negativessame_sequence"
+    for bad, message in [
+        ("ppo", "unknown arm"),
+        ("cpc:coef", "key=value"),
+        ("cpc:lr=1", "unknown CPC setting"),
+        ("none:coef=1", "no CPC settings"),
+    ]:
+        with pytest.raises(RunError, match=message):
+            parse_arm(bad)
