@@ -96,7 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="train arms (with/without CPC, a control) over seeds and envs, report"
     )
-    compare.add_argument("--env", dest="envs", action="append", required=True, help="MiniWorld id (repeatable)")
+    compare.add_argument(
+        "--env",
+        dest="envs",
+        action="append",
+        required=True,
+        metavar="ID[:STEPS]",
+        help="MiniWorld id, with its own step budget after a colon (repeatable)",
+    )
     compare.add_argument(
         "--arm",
         dest="arms",
@@ -109,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--baseline", default=None, help="the arm every other is compared to (default: none)")
     compare.add_argument("--seeds", type=int, default=3)
     compare.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
-    compare.add_argument("--steps", "-n", "--n-timesteps", dest="steps", type=int, required=True)
+    compare.add_argument(
+        "--steps", "-n", "--n-timesteps", dest="steps", type=int, default=None, help="env steps per run"
+    )
     compare.add_argument("--algo", default="recurrent_ppo", choices=ALGORITHMS)
     compare.add_argument("--workers", type=int, default=1, help="runs at a time")
     compare.add_argument("--backend", default="local", choices=("local", "ray"))
@@ -190,32 +199,50 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budgets(env_args: list[str], default_steps: int | None) -> dict[str, int]:
+    budgets = {}
+    for text in env_args:
+        env_id, _, steps = text.partition(":")
+        if steps:
+            try:
+                budgets[env_id] = int(steps)
+            except ValueError:
+                raise RunError(f"--env {text!r}: the budget after ':' must be an integer number of steps") from None
+        elif default_steps is None:
+            raise RunError(f"--env {text!r} has no budget: give --steps or write {env_id}:STEPS")
+        else:
+            budgets[env_id] = default_steps
+        if budgets[env_id] < 1:
+            raise RunError(f"--steps must be >= 1; got {budgets[env_id]} for {env_id}")
+    return budgets
+
+
 def command_compare(args: argparse.Namespace) -> int:
-    from experiments.compare import DEFAULT_ARMS, parse_arm, plan_jobs, run_jobs, write_report
+    from experiments.compare import DEFAULT_ARMS, find_jobs, parse_arm, plan_jobs, run_jobs, write_report
     from experiments.runs import apply_overrides
 
     if args.seeds < 1 or args.workers < 1:
         raise RunError("--seeds and --workers must be >= 1")
-    if args.steps < 1:
-        raise RunError(f"--steps must be >= 1; got {args.steps}")
+    budgets = _budgets(args.envs, args.steps)
     arms = [parse_arm(text) for text in (args.arms or DEFAULT_ARMS)]
     names = [arm.name for arm in arms]
     if args.baseline is not None and args.baseline not in names:
         raise RunError(f"--baseline {args.baseline!r} is not an arm; arms: {', '.join(names)}")
+    overrides = _flatten(args.overrides)
     base = RunConfig(
-        env=args.envs[0],
+        env=next(iter(budgets)),
         algo=args.algo,
-        steps=args.steps,
         n_envs=args.n_envs,
         device=args.device,
         vec_env="dummy",
-        eval_freq=max(args.steps // 4, 1),
         eval_episodes=20,
-        save_freq=max(args.steps // 5, 1),
     )
-    base = apply_overrides(base, _flatten(args.overrides))
+    base = apply_overrides(base, overrides)
+    # Evaluations and checkpoints are spaced by each env's budget unless --set fixes them.
+    given = {assignment.partition("=")[0].strip() for assignment in overrides}
+    per_run = {key: count for key, count in (("eval_freq", 4), ("save_freq", 5)) if key not in given}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = plan_jobs(base, args.envs, arms, seeds, args.out)
+    jobs = plan_jobs(base, budgets, arms, seeds, args.out, per_run)
     todo = sum(not job.finished for job in jobs)
     print(
         f"{len(jobs)} runs ({len(jobs) - todo} already finished) of arms {', '.join(names)} on backend "
@@ -225,7 +252,8 @@ def command_compare(args: argparse.Namespace) -> int:
     failures = run_jobs(jobs, args.workers, args.backend, progress=not args.no_progress)
     for line in failures:
         print(f"run failed: {line}", file=sys.stderr)
-    report = write_report(jobs, args.out, args.baseline, args.title)
+    # The report covers every run in the folder, also those of earlier compare commands.
+    report = write_report(find_jobs(args.out), args.out, args.baseline, args.title)
     print(f"report: {report} (tables), {report.parent / 'curves.png'} (learning curves)")
     return 1 if failures else 0
 

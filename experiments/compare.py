@@ -146,18 +146,33 @@ def _check_cpc_settings(config: RunConfig, arm: Arm) -> None:
         raise RunError(f"arm {arm.name}: {error}") from None
 
 
-def plan_jobs(base: RunConfig, env_ids: list[str], arms: list[Arm], seeds: list[int], out_dir: Path) -> list[Job]:
-    """Every (env, arm, seed) of the comparison; a run dir holding a config but no checkpoint is moved aside."""
+def plan_jobs(
+    base: RunConfig,
+    budgets: dict[str, int],
+    arms: list[Arm],
+    seeds: list[int],
+    out_dir: Path,
+    per_run: dict[str, int] | None = None,
+) -> list[Job]:
+    """
+    Every (env, seed, arm) of the comparison, seed by seed so that a comparison stopped half-way
+    holds every arm at the seeds it did. A run dir holding a config but no checkpoint is moved aside.
+
+    :param budgets: env id -> env steps per run.
+    :param per_run: run settings spaced by the budget, e.g. ``{"eval_freq": 4}`` evaluates 4 times per run.
+    """
     names = [arm.name for arm in arms]
     if len(set(names)) != len(names):
         raise RunError(f"arms must differ; got {names}")
     jobs = []
-    for env_id in env_ids:
-        for arm in arms:
-            for seed in seeds:
+    for env_id, steps in budgets.items():
+        for seed in seeds:
+            for arm in arms:
                 cpc_kwargs = {**base.cpc_kwargs, **arm.cpc_kwargs} if arm.aux != "none" else {}
-                config = RunConfig(**{**base.to_dict(), "env": env_id, "aux": arm.aux, "seed": seed})
+                config = RunConfig(**{**base.to_dict(), "env": env_id, "aux": arm.aux, "seed": seed, "steps": steps})
                 config.cpc_kwargs = cpc_kwargs
+                for key, count in (per_run or {}).items():
+                    setattr(config, key, max(steps // count, 1))
                 config.check()
                 _check_cpc_settings(config, arm)
                 run_dir = out_dir / "runs" / env_id / arm.name / f"seed_{seed}"
@@ -178,7 +193,13 @@ def find_jobs(out_dir: Path) -> list[Job]:
     for config_path in sorted((Path(out_dir) / "runs").glob("*/*/seed_*/config.yaml")):
         run_dir = config_path.parent
         jobs.append(Job(read_config(run_dir), run_dir, run_dir.parent.name))
-    return jobs
+    kinds = list(ARM_KINDS)
+
+    def order(job: Job) -> tuple:
+        kind = job.arm.split("-")[0]
+        return kinds.index(kind) if kind in kinds else len(kinds), job.arm, job.config.env, job.config.seed
+
+    return sorted(jobs, key=order)
 
 
 def _run_job_locally(job: Job, threads: int) -> tuple[Job, int, str]:
