@@ -17,13 +17,14 @@ stderr and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import NoReturn
 
 from agents.presets import ALGORITHMS, AUX_CHOICES
-from experiments.runs import DEFAULT_ENV, RunConfig, RunError, RunInterrupted
+from experiments.config import DEFAULT_ENV, RunConfig, RunError, RunInterrupted
 
 MAIN_JOB_STEPS = 60_000
 
@@ -91,7 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained run")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--episodes", type=int, default=20)
-    evaluate.add_argument("--video", type=Path, default=None, help="write the first-person view (.gif or .mp4)")
+    evaluate.add_argument(
+        "--video",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="write the first-person view (.gif or .mp4); without PATH: RUN_DIR/eval.gif",
+    )
 
     compare = commands.add_parser(
         "compare", help="train arms (with/without CPC, a control) over seeds and envs, report"
@@ -141,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     representation = commands.add_parser(
         "representation", help="the CPC paper's protocol on MiniWorld: CPC vs random/CPC|A/supervised, probed"
     )
-    representation.add_argument("--out", type=Path, default=Path("docs/results"))
+    representation.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/representation"),
+        help="folder of the document (default runs/representation)",
+    )
     representation.add_argument("--seeds", type=int, default=None, help="seeds of the main comparison")
     representation.add_argument("--train-steps", type=int, default=None)
     representation.add_argument("--task", dest="tasks", action="append", default=None, help="MiniWorld id (repeatable)")
@@ -158,8 +171,25 @@ def _default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{name}-{config.algo}-{config.aux}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _progress_seconds() -> float:
+    """Seconds between progress lines when stdout is not a terminal (CPC_RL_PROGRESS_SECONDS, default 30)."""
+    text = os.environ.get("CPC_RL_PROGRESS_SECONDS", "30")
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        raise RunError(f"CPC_RL_PROGRESS_SECONDS must be a number of seconds; got {text!r}") from None
+
+
+def _return_text(result: dict) -> str:
+    """Mean return with its 95% CI, or a note when one episode gives no interval."""
+    if result["episodes"] < 2:
+        return f"return {result['mean_return']:.3f} (one episode: no CI)"
+    return f"return {result['mean_return']:.3f} ± {result['return_ci95']:.3f} (95% CI)"
+
+
 def command_train(args: argparse.Namespace) -> int:
-    from experiments.runs import apply_overrides, read_config, train
+    from experiments.config import apply_overrides
+    from experiments.runs import read_config, read_status, train, validate
 
     if args.resume is not None:
         if not args.resume.is_dir():
@@ -173,11 +203,18 @@ def command_train(args: argparse.Namespace) -> int:
             config.steps = args.steps
         config = apply_overrides(config, _flatten(args.overrides))
         run_dir, resume = args.run_dir or _default_run_dir(config), False
-    print(f"training {config.algo} aux={config.aux} on {config.env} for {config.steps} steps -> {run_dir}", flush=True)
-    result = train(config, run_dir, progress_bar=not args.no_progress, resume=resume)
+    every = _progress_seconds()
+    validate(config)
+    where = f"resuming at {read_status(run_dir).get('num_timesteps', 0)} of" if resume else "for"
+    print(
+        f"training {config.algo} aux={config.aux} on {config.env} {where} {config.steps} steps -> {run_dir}", flush=True
+    )
+    result = train(
+        config, run_dir, progress=not args.no_progress, resume=resume, validated=True, progress_seconds=every
+    )
     print(
         f"done: {result['num_timesteps']} steps; final evaluation over {result['episodes']} episodes: "
-        f"return {result['mean_return']:.3f} ± {result['return_ci95']:.3f} (95% CI), success rate "
+        f"{_return_text(result)}, success rate "
         f"{result['success_rate']:.0%} [{result['success_low']:.0%}, {result['success_high']:.0%}]\n"
         f"results in {run_dir}: learning_curve.png, evaluations.csv, model.zip, logs/ (TensorBoard)"
     )
@@ -187,10 +224,13 @@ def command_train(args: argparse.Namespace) -> int:
 def command_eval(args: argparse.Namespace) -> int:
     from experiments.evaluation import evaluate_run
 
-    summary = evaluate_run(args.run_dir, args.episodes, args.video)
+    video = args.video
+    if video == "":  # --video without a path: into the run directory
+        video = args.run_dir / "eval.gif"
+    summary = evaluate_run(args.run_dir, args.episodes, None if video is None else Path(video))
     print(
         f"{summary['model']} ({summary['num_timesteps']} steps), {summary['episodes']} episodes: "
-        f"return {summary['mean_return']:.3f} ± {summary['return_ci95']:.3f} (95% CI), success rate "
+        f"{_return_text(summary)}, success rate "
         f"{summary['success_rate']:.0%} [{summary['success_low']:.0%}, {summary['success_high']:.0%}] (Wilson 95%), "
         f"mean length {summary['mean_length']:.0f}"
     )
@@ -219,7 +259,7 @@ def _budgets(env_args: list[str], default_steps: int | None) -> dict[str, int]:
 
 def command_compare(args: argparse.Namespace) -> int:
     from experiments.compare import DEFAULT_ARMS, find_jobs, parse_arm, plan_jobs, run_jobs, write_report
-    from experiments.runs import apply_overrides
+    from experiments.config import apply_overrides
 
     if args.seeds < 1 or args.workers < 1:
         raise RunError("--seeds and --workers must be >= 1")
@@ -329,11 +369,12 @@ def main_job() -> int:
 
     config = RunConfig(steps=MAIN_JOB_STEPS, eval_freq=MAIN_JOB_STEPS // 5, save_freq=MAIN_JOB_STEPS // 5)
     run_dir = _default_run_dir(config)
+    every = _progress_seconds()
     print(f"main job: {config.algo} with CPC on {config.env}, {config.steps} steps -> {run_dir}", flush=True)
-    result = train(config, run_dir)
+    result = train(config, run_dir, progress_seconds=every)
     print(
-        f"done: final evaluation over {result['episodes']} episodes: return {result['mean_return']:.3f} "
-        f"± {result['return_ci95']:.3f}, success rate {result['success_rate']:.0%}.{_last_cpc_figures(run_dir)}\n"
+        f"done: final evaluation over {result['episodes']} episodes: {_return_text(result)}, "
+        f"success rate {result['success_rate']:.0%}.{_last_cpc_figures(run_dir)}\n"
         f"Learning curve: {run_dir / 'learning_curve.png'}; evaluations: {run_dir / 'evaluations.csv'}; "
         f"all training figures: {run_dir / 'logs'} (progress.csv, TensorBoard); model: {run_dir / 'model.zip'}."
     )

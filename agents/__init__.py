@@ -1,7 +1,27 @@
-"""The agents that run_agent.py trains: networks, presets and their factory."""
+"""The agents that run_agent.py trains: networks, presets and their factory.
 
-from agents.factory import ALGORITHM_CLASSES, make_agent
-from agents.networks import FrameEncoder
-from agents.presets import ALGORITHMS, AUX_CHOICES, PRESETS, preset
+Names load on first use, so that ``import agents.presets`` stays free of torch.
+"""
 
-__all__ = ["ALGORITHMS", "ALGORITHM_CLASSES", "AUX_CHOICES", "PRESETS", "FrameEncoder", "make_agent", "preset"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ALGORITHM_CLASSES": "agents.factory",
+    "make_agent": "agents.factory",
+    "FrameEncoder": "agents.networks",
+    "ALGORITHMS": "agents.presets",
+    "AUX_CHOICES": "agents.presets",
+    "PRESETS": "agents.presets",
+    "preset": "agents.presets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'agents' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

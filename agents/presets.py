@@ -1,16 +1,17 @@
-"""Hyper-parameters of the agents that run_agent.py trains, with and without CPC, in one place."""
+"""Hyper-parameters of the agents that run_agent.py trains, with and without CPC, in one place.
+
+Importing this module does not import torch: the encoder is named here and resolved by :func:`preset`.
+"""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from agents.networks import FrameEncoder
-
 ALGORITHMS = ("a2c", "ppo", "recurrent_ppo")
 AUX_CHOICES = ("cpc", "cpca", "none")
 
-_ENCODER = {"features_extractor_class": FrameEncoder, "features_extractor_kwargs": {"features_dim": 256}}
+_ENCODER = {"features_extractor_class": "FrameEncoder", "features_extractor_kwargs": {"features_dim": 256}}
 
 # PPO and RecurrentPPO share these (an unroll of 100 steps, as the paper's A2C).
 _PPO = {
@@ -72,6 +73,11 @@ def preset(algo: str, aux: str | None) -> dict[str, Any]:
     if aux not in AUX_CHOICES:
         raise ValueError(f"unknown aux {aux!r}; choose one of {AUX_CHOICES}")
     config = copy.deepcopy(PRESETS[algo])
+    policy_kwargs = config["algo_kwargs"]["policy_kwargs"]
+    if policy_kwargs.get("features_extractor_class") == "FrameEncoder":
+        from agents.networks import FrameEncoder
+
+        policy_kwargs["features_extractor_class"] = FrameEncoder
     if aux == "none":
         config["cpc_kwargs"] = None
     elif aux == "cpca":

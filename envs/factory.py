@@ -7,6 +7,7 @@ import difflib
 import functools
 import io
 import math
+import multiprocessing
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ GOAL_TASKS = (
 
 # The benchmark suite: one MiniWorld task for each kind of DeepMind Lab task of the CPC paper.
 SUITE = (
+    "MiniWorld-SignMemory-v0",
     "MiniWorld-TMaze-v0",
     "MiniWorld-MazeS3Fast-v0",
     "MiniWorld-FourRooms-v0",
@@ -44,19 +46,45 @@ SUITE = (
 VEC_ENV_KINDS = ("subproc", "dummy")
 START_METHODS = ("forkserver", "spawn", "fork")
 
+_UNGUARDED = (
+    "make_vec_env(vec_env='subproc') starts worker processes, which import your script again: if your code "
+    "makes envs at the top level of a script, put it under `if __name__ == \"__main__\":` (or use vec_env='dummy')."
+)
+
 # The human-view window is never drawn by agents; at MiniWorld's 800x600 with 16 samples it
 # leaks ~36 MB per create/close, at this size next to nothing.
 _SMALL_WINDOW = {"window_width": 32, "window_height": 24}
 
 
-def list_envs() -> list[str]:
-    """The MiniWorld ids that :func:`make_env` accepts (those registered by the installed miniworld)."""
+# Registered MiniWorld ids that cpc-rl agents cannot take, and why.
+UNSUPPORTED = {
+    "MiniWorld-Sign-v0": (
+        "returns a Dict observation (image + goal) whose sign colour is never re-drawn, so it needs no memory; "
+        "use MiniWorld-SignMemory-v0, cpc-rl's Sign task with the colour drawn at every reset"
+    ),
+}
+
+
+def list_envs(with_kinds: bool = False) -> list[str] | dict[str, str]:
+    """
+    The MiniWorld ids that :func:`make_env` accepts: those of the installed miniworld and
+    cpc-rl's own (see :mod:`envs.tasks`).
+
+    :param with_kinds: return ``{id: what it tests}`` for the ids whose kind is known.
+    """
     import_miniworld()
-    return sorted(env_id for env_id in gym.registry if env_id.startswith("MiniWorld-"))
+    ids = sorted(env_id for env_id in gym.registry if env_id.startswith("MiniWorld-") and env_id not in UNSUPPORTED)
+    if with_kinds:
+        from envs.tasks import TASK_KINDS
+
+        return {env_id: TASK_KINDS.get(env_id, "") for env_id in ids}
+    return ids
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise ``ValueError`` naming the closest valid ids if ``env_id`` is not a MiniWorld id."""
+    """Raise ``ValueError`` naming the closest valid ids if ``env_id`` is not an id :func:`make_env` takes."""
+    if env_id in UNSUPPORTED:
+        raise ValueError(f"{env_id} is not supported: it {UNSUPPORTED[env_id]}")
     known = list_envs()
     if env_id in known:
         return
@@ -223,4 +251,11 @@ def make_vec_env(
     ]
     if vec_env == "dummy":
         return DummyVecEnv(env_fns)
-    return SubprocVecEnv(env_fns, start_method=start_method)
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(_UNGUARDED)
+    try:
+        return SubprocVecEnv(env_fns, start_method=start_method)
+    except (EOFError, ConnectionError, BrokenPipeError) as error:
+        raise RuntimeError(
+            f"env worker processes exited while starting ({type(error).__name__}). {_UNGUARDED}"
+        ) from None

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from experiments.config import RunConfig, RunError, check_hyperparams
 from experiments.files import save_figure_atomically, write_text_atomically
-from experiments.runs import RunConfig, RunError, episode_curve, read_config, read_status
+from experiments.runs import episode_curve, read_config, read_status
 from experiments.stats import bootstrap_ci, difference_ci, iqm
 
 # Arm kind -> the run's aux.
@@ -131,21 +132,6 @@ class Job:
         return command
 
 
-def _check_cpc_settings(config: RunConfig, arm: Arm) -> None:
-    """Refuse CPC settings that the algorithm would refuse, before any run starts."""
-    if arm.aux == "none":
-        return
-    from agents.presets import preset
-    from cpc_rl.sb3.config import resolve_cpc_kwargs
-
-    chosen = preset(config.algo, arm.aux)
-    n_steps = config.hyperparams.get("n_steps", chosen["algo_kwargs"]["n_steps"])
-    try:
-        resolve_cpc_kwargs({**chosen["cpc_kwargs"], **config.cpc_kwargs}, None, n_steps)
-    except ValueError as error:
-        raise RunError(f"arm {arm.name}: {error}") from None
-
-
 def plan_jobs(
     base: RunConfig,
     budgets: dict[str, int],
@@ -174,7 +160,7 @@ def plan_jobs(
                 for key, count in (per_run or {}).items():
                     setattr(config, key, max(steps // count, 1))
                 config.check()
-                _check_cpc_settings(config, arm)
+                check_hyperparams(config)
                 run_dir = out_dir / "runs" / env_id / arm.name / f"seed_{seed}"
                 started = (run_dir / "config.yaml").exists()
                 if (

@@ -41,6 +41,20 @@ def write_video(frames: list[np.ndarray], path: Path, fps: int = 15) -> None:
         raise RunError(f"--video must end in .gif or .mp4; got {path.name}")
 
 
+def check_video_path(path: Path) -> None:
+    """Refuse a video path that cannot be written, before any episode is rolled out."""
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise RunError(f"--video must end in .gif or .mp4; got {path.name}")
+    if suffix == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise RunError("writing MP4 needs imageio-ffmpeg: pip install imageio[ffmpeg], or write a .gif") from None
+    if not path.parent.is_dir() and path.parent != Path(""):
+        raise RunError(f"--video: the folder {path.parent} does not exist")
+
+
 def evaluate_run(run_dir: Path, episodes: int, video: Path | None = None, seed: int = 20_000) -> dict[str, Any]:
     """
     Evaluate the newest model of a run on fresh episodes.
@@ -52,6 +66,8 @@ def evaluate_run(run_dir: Path, episodes: int, video: Path | None = None, seed: 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist")
+    if video is not None:
+        check_video_path(Path(video))
     config = read_config(run_dir)
     model_path = latest_model_path(run_dir)
     model = load_model(config, model_path)

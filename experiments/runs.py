@@ -8,8 +8,6 @@ resume), ``evaluations.csv`` and ``learning_curve.png``.
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import json
 import math
 import pickle
@@ -18,7 +16,6 @@ import shutil
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,7 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.factory import ALGORITHM_CLASSES, make_agent
-from agents.presets import ALGORITHMS, AUX_CHOICES, preset
+from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperparams
 from experiments.files import (
     save_figure_atomically,
     save_model_atomically,
@@ -40,123 +37,6 @@ from experiments.files import (
     write_yaml,
 )
 from experiments.stats import mean_ci, wilson_interval
-
-DEFAULT_ENV = "MiniWorld-Hallway-v0"
-KEEP_CHECKPOINTS = 3
-
-
-class RunError(Exception):
-    """A mistake the user can fix; the CLI prints it as one line and exits with code 2."""
-
-
-class RunInterrupted(Exception):
-    """Training stopped by Ctrl-C after saving a checkpoint."""
-
-
-@dataclass
-class RunConfig:
-    """
-    Everything that defines a training run (saved as ``config.yaml``).
-
-    :param env: MiniWorld id.
-    :param algo: ``a2c``, ``ppo`` or ``recurrent_ppo``.
-    :param aux: ``cpc``, ``cpca`` or ``none``.
-    :param steps: total env steps.
-    :param seed: seed of the algorithm and envs.
-    :param n_envs: parallel envs (None: the preset's).
-    :param device: torch device (``auto``: the GPU if there is one).
-    :param vec_env: ``subproc`` or ``dummy``.
-    :param eval_freq: env steps between evaluations (0: only at the end).
-    :param eval_episodes: episodes per evaluation.
-    :param save_freq: env steps between checkpoints (0: only on interrupt).
-    :param hyperparams: overrides of the algorithm's preset arguments.
-    :param cpc_kwargs: overrides of the preset's CPC settings.
-    :param env_kwargs: passed to the MiniWorld env (``max_episode_steps``, ...).
-    """
-
-    env: str = DEFAULT_ENV
-    algo: str = "recurrent_ppo"
-    aux: str = "cpc"
-    steps: int = 50_000
-    seed: int = 0
-    n_envs: int | None = None
-    device: str = "auto"
-    vec_env: str = "subproc"
-    eval_freq: int = 10_000
-    eval_episodes: int = 10
-    save_freq: int = 10_000
-    hyperparams: dict[str, Any] = field(default_factory=dict)
-    cpc_kwargs: dict[str, Any] = field(default_factory=dict)
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> None:
-        """Raise :class:`RunError` for settings that cannot work."""
-        try:
-            envs.check_env_id(self.env)
-        except ValueError as error:
-            raise RunError(str(error)) from None
-        if self.algo not in ALGORITHMS:
-            raise RunError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
-        if self.aux not in AUX_CHOICES:
-            raise RunError(f"unknown aux {self.aux!r}; choose one of {', '.join(AUX_CHOICES)}")
-        for name in ("steps", "eval_episodes"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise RunError(f"{name} must be an integer >= 1; got {getattr(self, name)!r}")
-        if self.n_envs is not None and (not isinstance(self.n_envs, int) or self.n_envs < 1):
-            raise RunError(f"n_envs must be an integer >= 1; got {self.n_envs!r}")
-        if self.aux == "none" and self.cpc_kwargs:
-            raise RunError(f"CPC settings {self.cpc_kwargs} given with aux=none; use --aux cpc or cpca")
-
-    @property
-    def num_envs(self) -> int:
-        return self.n_envs or preset(self.algo, self.aux)["n_envs"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RunError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: a Python literal (``ast.literal_eval``), else the string itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def apply_overrides(config: RunConfig, assignments: list[str]) -> RunConfig:
-    """
-    Apply ``key=value`` overrides: ``cpc.KEY`` goes to ``cpc_kwargs``, ``env.KEY`` to
-    ``env_kwargs``, ``policy.KEY`` to the policy kwargs, a run setting (``eval_freq``, ...) to
-    the run, anything else to the algorithm's hyper-parameters.
-    """
-    data = config.to_dict()
-    run_keys = set(data) - {"hyperparams", "cpc_kwargs", "env_kwargs"}
-    for assignment in assignments:
-        key, separator, text = assignment.partition("=")
-        key = key.strip()
-        if not separator or not key:
-            raise RunError(f"--set needs key=value; got {assignment!r}")
-        value = parse_value(text.strip())
-        prefix, _, rest = key.partition(".")
-        if prefix == "cpc" and rest:
-            data["cpc_kwargs"][rest] = value
-        elif prefix == "env" and rest:
-            data["env_kwargs"][rest] = value
-        elif prefix == "policy" and rest:
-            data["hyperparams"].setdefault("policy_kwargs", {})[rest] = value
-        elif key in run_keys:
-            data[key] = value
-        else:
-            data["hyperparams"][key] = value
-    return RunConfig.from_dict(data)
 
 
 def build_model(config: RunConfig, vec_env: Any) -> BaseAlgorithm:
@@ -336,6 +216,7 @@ class Run:
         self._earlier_seconds = previous.get("wall_seconds", 0.0)
         self.eval_seconds = previous.get("eval_seconds", 0.0)
         self._started = time.perf_counter()
+        self.last_evaluation: dict[str, float] | None = None
 
     def write_status(self, state: str, steps: int, **extra: Any) -> None:
         wall = self._earlier_seconds + time.perf_counter() - self._started
@@ -348,7 +229,7 @@ class Run:
     def save_checkpoint(self, model: BaseAlgorithm) -> Path:
         path = self.dir / "checkpoints" / f"step_{model.num_timesteps:010d}.zip"
         save_model_atomically(model, path)
-        for old in checkpoints(self.dir)[:-KEEP_CHECKPOINTS]:
+        for old in checkpoints(self.dir)[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
 
@@ -357,6 +238,7 @@ class Run:
         returns, _, _ = run_episodes(model, self.config, self.config.eval_episodes, seed=self.config.seed + 10_000)
         self.eval_seconds += time.perf_counter() - started
         row = {"step": model.num_timesteps, **summarise_episodes(returns)}
+        self.last_evaluation = row
         path = self.dir / "evaluations.csv"
         table = pd.read_csv(path) if path.is_file() else pd.DataFrame()
         table = pd.concat([table[table["step"] < row["step"]] if len(table) else table, pd.DataFrame([row])])
@@ -391,14 +273,93 @@ class _RunCallback(BaseCallback):
         return True
 
 
-def train(config: RunConfig, run_dir: Path, progress_bar: bool = True, resume: bool = False) -> dict[str, Any]:
+class _ProgressCallback(BaseCallback):
+    """
+    Progress of the whole run (also after a resume): a bar on a terminal, else a plain line every
+    ``every_seconds`` (steps, steps/s, ETA, last evaluation, CPC accuracy) that reaches a log file.
+    """
+
+    def __init__(self, run: Run, every_seconds: float) -> None:
+        super().__init__()
+        self.run = run
+        self.every_seconds = every_seconds
+        self.bar: Any = None
+
+    def _on_training_start(self) -> None:
+        self.first_step, self.started = self.num_timesteps, time.perf_counter()
+        self.last_line = self.started
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.run.config.steps, initial=self.num_timesteps, unit="step", dynamic_ncols=True)
+
+    def _on_step(self) -> bool:
+        if self.bar is not None:
+            self.bar.update(self.num_timesteps - self.bar.n)
+        elif time.perf_counter() - self.last_line >= self.every_seconds:
+            self.last_line = time.perf_counter()
+            print(self.line(), flush=True)
+        return True
+
+    def line(self) -> str:
+        total, done = self.run.config.steps, self.num_timesteps
+        rate = (done - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
+        eta = (total - done) / rate if rate > 0 else math.inf
+        parts = [f"{done}/{total} steps ({done / total:.0%})", f"{rate:.0f} steps/s", f"ETA {_duration(eta)}"]
+        if self.run.last_evaluation is not None:
+            parts.append(f"last evaluation return {self.run.last_evaluation['mean_return']:.2f}")
+        figures = getattr(self.model, "cpc_figures", None)
+        if figures:
+            accuracy, first = figures["train/cpc_accuracy"], figures["train/cpc_accuracy_k1"]
+            parts.append(f"CPC accuracy {accuracy:.1%} (k=1 {first:.1%})")
+        return "progress: " + ", ".join(parts)
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def validate(config: RunConfig) -> None:
+    """
+    Every check that needs no env worker: the config, the hyper-parameters against the
+    algorithm's signature, and one env made in this process with the env settings.
+
+    :raises RunError: for the first thing that cannot work, saying how to fix it.
+    """
+    config.check()
+    check_hyperparams(config)
+    try:
+        envs.make_env(config.env, **config.env_kwargs).close()
+    except (ValueError, TypeError) as error:
+        raise RunError(f"cannot make {config.env} with env settings {config.env_kwargs}: {error}") from None
+
+
+def train(
+    config: RunConfig,
+    run_dir: Path,
+    progress: bool = True,
+    resume: bool = False,
+    validated: bool = False,
+    progress_seconds: float = 30.0,
+) -> dict[str, Any]:
     """
     Train (or resume) a run. Ctrl-C saves a checkpoint and raises :class:`RunInterrupted`.
 
+    :param progress: a bar on a terminal, else a line every ``progress_seconds``.
+    :param validated: :func:`validate` has already passed for ``config``.
     :return: the final evaluation, with ``run_dir`` and ``num_timesteps``.
     """
     run_dir = Path(run_dir)
-    config.check()
+    if not validated:
+        validate(config)
     run = Run(run_dir, config)
     if resume:
         saved = checkpoints(run_dir)
@@ -434,9 +395,8 @@ def train(config: RunConfig, run_dir: Path, progress_bar: bool = True, resume: b
         run.write_status("running", model.num_timesteps)
         try:
             if remaining > 0:
-                model.learn(
-                    remaining, callback=_RunCallback(run), reset_num_timesteps=not resume, progress_bar=progress_bar
-                )
+                callbacks = [_RunCallback(run)] + ([_ProgressCallback(run, progress_seconds)] if progress else [])
+                model.learn(remaining, callback=callbacks, reset_num_timesteps=not resume)
         except KeyboardInterrupt:
             path = run.save_checkpoint(model)
             run.write_status("interrupted", model.num_timesteps, checkpoint=str(path))

@@ -84,6 +84,8 @@ def test_train_writes_every_result(tmp_path, aux):
     assert list(evaluations["step"]) == [80, 160]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     assert "success rate" in result.stdout
+    # Checkpoints were saved at 80 and 160 steps; only the newest is kept by default.
+    assert [path.name for path in (run_dir / "checkpoints").glob("*.zip")] == ["step_0000000160.zip"]
 
 
 def test_interrupt_then_resume_continues_the_step_count(tmp_path):
@@ -123,6 +125,7 @@ def test_interrupt_then_resume_continues_the_step_count(tmp_path):
 
     result = run_agent("train", "--resume", run_dir, "--no-progress")
     assert result.returncode == 0, result.stderr
+    assert f"resuming at {stopped_at} of 4000 steps" in result.stdout
     status = json.loads((run_dir / "status.json").read_text())
     # An interrupt in mid-rollout keeps the steps taken, so the run ends within one rollout (40) past 4000.
     assert status["state"] == "finished" and 4000 <= status["num_timesteps"] < 4000 + 40
@@ -152,6 +155,16 @@ def trained_run(tmp_path_factory):
     )
     assert result.returncode == 0, result.stderr
     return run_dir
+
+
+def test_eval_video_goes_into_the_run_dir_and_bad_formats_are_refused_first(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(trained_run), str(run_dir)], check=True)
+    result = run_agent("eval", run_dir, "--episodes", 1, "--video")
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "eval.gif").stat().st_size > 1000 and "(one episode: no CI)" in result.stdout
+    assert "nan" not in result.stdout
+    assert_clean_error(run_agent("eval", run_dir, "--video", tmp_path / "agent.avi"), "must end in .gif or .mp4")
 
 
 def test_eval_reports_confidence_intervals_and_writes_a_video(trained_run, tmp_path):
@@ -254,6 +267,61 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, trained_run):
     assert_clean_error(run_agent("train", "--resume", tmp_path / "missing"), "does not exist")
     assert_clean_error(run_agent("train", "--run-dir", trained_run, "--no-progress"), "already holds a run")
     assert not (tmp_path / "x").exists()
+
+
+def test_mistakes_are_refused_before_any_env_worker_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    cases = [
+        (["--set", "n_steps=abc"], "n_steps must be an integer"),
+        (["--set", "n_step=128"], "did you mean n_steps?"),
+        (["--set", "policy.lstm_hiden_size=8"], "did you mean lstm_hidden_size?"),
+        (["--set", "cpc.horizon=500"], "horizon"),
+        (["--set", "env.max_episode_step=10"], "cannot make MiniWorld-Hallway-v0"),
+        (["--env", "MiniWorld-Sign-v0"], "MiniWorld-SignMemory-v0"),
+        (["--steps", "-5"], "steps must be an integer >= 1"),
+    ]
+    for extra, fragment in cases:
+        result = run_agent("train", "--run-dir", run_dir, "--no-progress", *extra)
+        assert_clean_error(result, fragment)
+        assert "training" not in result.stdout
+        assert not run_dir.exists()
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    code = (
+        "import contextlib, io, sys, run_agent\n"
+        "for argv in (['--help'], ['train', '--algo', 'dqn'], ['compare', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            run_agent.main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "print(sorted(name for name in ('torch', 'stable_baselines3', 'miniworld') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_progress_reaches_a_log_when_stdout_is_not_a_terminal(tmp_path):
+    result = run_agent(
+        "train",
+        "--algo",
+        "ppo",
+        "--steps",
+        120,
+        "--n-envs",
+        1,
+        "--run-dir",
+        tmp_path / "run",
+        *TINY,
+        "eval_freq=0",
+        env={**os.environ, "CPC_RL_PROGRESS_SECONDS": "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("progress: ")]
+    assert lines and "/120 steps (" in lines[-1] and "steps/s" in lines[-1] and "ETA" in lines[-1]
+    assert "CPC accuracy" in lines[-1]
 
 
 def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, trained_run):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import psutil
 import pytest
@@ -198,8 +199,50 @@ def test_bad_input_gets_clear_errors():
         envs.make_vec_env("MiniWorld-Hallway-v0", 0)
     with pytest.raises(ValueError, match="vec_env must be one of"):
         envs.make_vec_env("MiniWorld-Hallway-v0", 1, vec_env="ray")
-    with pytest.raises(ValueError, match="uint8 images only"):
+    with pytest.raises(ValueError, match="is not supported.*MiniWorld-SignMemory-v0"):
         envs.make_env("MiniWorld-Sign-v0")
+    assert "MiniWorld-Sign-v0" not in envs.list_envs()
+
+
+def test_sign_memory_draws_the_word_at_every_reset_and_hides_it_from_the_boxes():
+    env = envs.make_env("MiniWorld-SignMemory-v0", seed=3)
+    assert gym.spec("MiniWorld-SignMemory-v0") is not None
+    assert "memory" in envs.list_envs(with_kinds=True)["MiniWorld-SignMemory-v0"]
+    try:
+        world = env.unwrapped
+        colours, facing_sign, facing_boxes = set(), {}, {}
+        for _ in range(30):
+            obs, info = env.reset()
+            assert obs.dtype == np.uint8 and obs.shape == (60, 80, 3)
+            colour = info["sign_color"]
+            colours.add(colour)
+            np.testing.assert_allclose(info["goal_pos"], [world.boxes[colour].pos[0], world.boxes[colour].pos[2]])
+            # The same pose for every colour: facing the sign the words differ, facing the boxes nothing does.
+            world.agent.pos, world.agent.dir = np.array([4.5, 0.0, 4.0]), -math.pi / 2
+            facing_sign[colour] = world.render_obs()
+            world.agent.dir = math.pi / 2
+            facing_boxes[colour] = world.render_obs()
+        assert colours == {0, 1, 2}
+        assert not np.array_equal(facing_sign[0], facing_sign[1]) and not np.array_equal(facing_sign[1], facing_sign[2])
+        assert np.array_equal(facing_boxes[0], facing_boxes[1]) and np.array_equal(facing_boxes[1], facing_boxes[2])
+        # Walking into the sign's box pays, another box ends the episode with nothing.
+        for target, expect_reward in ((True, True), (False, False)):
+            _, info = env.reset()
+            box = world.boxes[info["sign_color"] if target else (info["sign_color"] + 1) % 3]
+            world.agent.pos, world.agent.dir = box.pos + np.array([0.0, 0.0, 2.0]), math.pi / 2
+            _, reward, terminated, truncated, info = env.step(world.actions.move_forward)
+            assert terminated and not truncated and (reward > 0) == expect_reward
+            assert "sign_color" in info and "agent_pos" in info
+    finally:
+        env.close()
+
+
+def test_an_unguarded_script_gets_a_clear_error(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text("import envs\nvec = envs.make_vec_env('MiniWorld-Hallway-v0', 2)\nvec.close()\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert result.returncode != 0
+    assert 'if __name__ == "__main__":' in result.stderr.strip().splitlines()[-1]
 
 
 def test_a_missing_renderer_says_what_to_install():

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from experiments.compare import Arm, find_jobs, parse_arm, training_curve, write_report
-from experiments.runs import RunConfig, RunError
+from experiments.config import RunConfig, RunError
 from experiments.stats import difference_ci, iqm
 
 STEPS = 1000

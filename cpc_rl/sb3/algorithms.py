@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ class _CPCAlgorithmMixin:
     """Shared by the CPC algorithms: settings, logging of the CPC figures."""
 
     cpc_kwargs: dict[str, Any] | None
+    cpc_figures: dict[str, float] = {}  # the last update's, as logged
 
     def _prepare_cpc(self, known_policies: dict[Any, type], sequence_length: int | None) -> dict[str, Any] | None:
         """Resolve ``cpc_kwargs`` and point the policy class and kwargs at the CPC policy."""
@@ -68,13 +70,19 @@ class _CPCAlgorithmMixin:
         accuracy = torch.stack([output.accuracy for output in outputs]).float().cpu().numpy()
         mi_bound = torch.stack([output.mi_bound for output in outputs]).float().cpu().numpy()
         loss = torch.stack([output.loss for output in outputs]).float().cpu().numpy()
-        per_step = np.nanmean(accuracy, axis=0) if not np.isnan(accuracy).all() else accuracy[0]
         horizon = accuracy.shape[1]
-        self.logger.record("train/cpc_loss", float(loss.mean()))
-        self.logger.record("train/cpc_accuracy", float(np.nanmean(per_step)))
-        self.logger.record("train/cpc_accuracy_k1", float(per_step[0]))
-        self.logger.record(f"train/cpc_accuracy_k{horizon}", float(per_step[-1]))
-        self.logger.record("train/cpc_mi_bound", float(np.nanmean(mi_bound)))
+        with warnings.catch_warnings():  # a step k with no pair in any minibatch is NaN, not an error
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_step = np.nanmean(accuracy, axis=0)
+            self.cpc_figures = {
+                "train/cpc_loss": float(loss.mean()),
+                "train/cpc_accuracy": float(np.nanmean(per_step)),
+                "train/cpc_accuracy_k1": float(per_step[0]),
+                f"train/cpc_accuracy_k{horizon}": float(per_step[-1]),
+                "train/cpc_mi_bound": float(np.nanmean(mi_bound)),
+            }
+        for key, value in self.cpc_figures.items():
+            self.logger.record(key, value)
 
 
 class _FeedForwardCPCMixin(_CPCAlgorithmMixin):
