@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default="auto")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="runs and report folder")
     compare.add_argument("--title", default=None, help="title of the report")
-    _add_overrides_flag(compare, "settings for every run (as for train; default eval_freq=steps/4, eval_episodes=20)")
+    _add_overrides_flag(compare, "settings for every run (as for train; default: evaluations at half and at the end, 20 episodes each)")
     compare.add_argument("--no-progress", action="store_true")
 
     report = commands.add_parser("report", help="rebuild a comparison's report from its folder (finished runs only)")
@@ -280,7 +280,7 @@ def command_compare(args: argparse.Namespace) -> int:
     base = apply_overrides(base, overrides)
     # Evaluations and checkpoints are spaced by each env's budget unless --set fixes them.
     given = {assignment.partition("=")[0].strip() for assignment in overrides}
-    per_run = {key: count for key, count in (("eval_freq", 4), ("save_freq", 5)) if key not in given}
+    per_run = {key: count for key, count in (("eval_freq", 2), ("save_freq", 5)) if key not in given}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     jobs = plan_jobs(base, budgets, arms, seeds, args.out, per_run)
     todo = sum(not job.finished for job in jobs)

@@ -207,7 +207,8 @@ def run_jobs(jobs: list[Job], workers: int, backend: str, progress: bool = True)
     pending = [job for job in jobs if not job.finished]
     if not pending:
         return []
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # Each run gets its share of the cores, unless the user set OMP_NUM_THREADS (e.g. several comparisons at once).
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // workers))
     if backend == "ray":
         return _run_jobs_on_ray(pending, workers, threads)
     if backend != "local":
