@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default="auto")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="runs and report folder")
     compare.add_argument("--title", default=None, help="title of the report")
-    _add_overrides_flag(compare, "settings for every run (as for train; default: evaluations at half and at the end, 20 episodes each)")
+    _add_overrides_flag(
+        compare, "settings for every run (as for train; default: evaluations at half and at the end, 20 episodes each)"
+    )
     compare.add_argument("--no-progress", action="store_true")
 
     report = commands.add_parser("report", help="rebuild a comparison's report from its folder (finished runs only)")
