@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from agents.presets import ALGORITHMS, AUX_CHOICES
-from experiments.config import DEFAULT_ENV, RunConfig, RunError, RunInterrupted
+from experiments.config import DEFAULT_ENV, RunConfig, RunError, RunFailed, RunInterrupted
 
 MAIN_JOB_STEPS = 60_000
 
@@ -260,8 +260,17 @@ def _budgets(env_args: list[str], default_steps: int | None) -> dict[str, int]:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from experiments.compare import DEFAULT_ARMS, find_jobs, parse_arm, plan_jobs, run_jobs, write_report
+    from experiments.compare import (
+        DEFAULT_ARMS,
+        find_jobs,
+        parse_arm,
+        plan_jobs,
+        run_jobs,
+        set_aside_stale_runs,
+        write_report,
+    )
     from experiments.config import apply_overrides
+    from experiments.safety import FolderLock
 
     if args.seeds < 1 or args.workers < 1:
         raise RunError("--seeds and --workers must be >= 1")
@@ -285,17 +294,19 @@ def command_compare(args: argparse.Namespace) -> int:
     per_run = {key: count for key, count in (("eval_freq", 2), ("save_freq", 5)) if key not in given}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     jobs = plan_jobs(base, budgets, arms, seeds, args.out, per_run)
-    todo = sum(not job.finished for job in jobs)
-    print(
-        f"{len(jobs)} runs ({len(jobs) - todo} already finished) of arms {', '.join(names)} on backend "
-        f"{args.backend}, {args.workers} at a time -> {args.out}",
-        flush=True,
-    )
-    failures = run_jobs(jobs, args.workers, args.backend, progress=not args.no_progress)
-    for line in failures:
-        print(f"run failed: {line}", file=sys.stderr)
-    # The report covers every run in the folder, also those of earlier compare commands.
-    report = write_report(find_jobs(args.out), args.out, args.baseline, args.title)
+    with FolderLock(args.out, "comparison", ".compare.lock"):
+        set_aside_stale_runs(jobs)
+        todo = sum(not job.finished for job in jobs)
+        print(
+            f"{len(jobs)} runs ({len(jobs) - todo} already finished) of arms {', '.join(names)} on backend "
+            f"{args.backend}, {args.workers} at a time -> {args.out}",
+            flush=True,
+        )
+        failures = run_jobs(jobs, args.workers, args.backend, progress=not args.no_progress)
+        for line in failures:
+            print(f"run failed: {line}", file=sys.stderr)
+        # The report covers every run in the folder, also those of earlier compare commands.
+        report = write_report(find_jobs(args.out), args.out, args.baseline, args.title)
     print(f"report: {report} (tables), {report.parent / 'curves.png'} (learning curves)")
     return 1 if failures else 0
 
@@ -406,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as stop:
         print(f"run_agent.py: {stop}", file=sys.stderr)
         return 130
+    except RunFailed as error:  # a fault during training (dead env worker, NaN, full disk)
+        print(f"run_agent.py: error: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ and compute as ``cpc``, no gradient from CPC. Runs live in ``OUT/runs/ENV/ARM/se
 from __future__ import annotations
 
 import ast
+import contextlib
+import ctypes
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -21,9 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.config import RunConfig, RunError, check_hyperparams
+from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperparams
 from experiments.files import save_figure_atomically, write_text_atomically
 from experiments.runs import episode_curve, read_config, read_status
+from experiments.safety import sigterm_as_interrupt
 from experiments.stats import bootstrap_ci, difference_ci, iqm
 
 # Arm kind -> the run's aux.
@@ -142,7 +147,7 @@ def plan_jobs(
 ) -> list[Job]:
     """
     Every (env, seed, arm) of the comparison, seed by seed so that a comparison stopped half-way
-    holds every arm at the seeds it did. A run dir holding a config but no checkpoint is moved aside.
+    holds every arm at the seeds it did; each config is checked. Nothing is written.
 
     :param budgets: env id -> env steps per run.
     :param per_run: run settings spaced by the budget, e.g. ``{"eval_freq": 4}`` evaluates 4 times per run.
@@ -161,16 +166,16 @@ def plan_jobs(
                     setattr(config, key, max(steps // count, 1))
                 config.check()
                 check_hyperparams(config)
-                run_dir = out_dir / "runs" / env_id / arm.name / f"seed_{seed}"
-                started = (run_dir / "config.yaml").exists()
-                if (
-                    started
-                    and not read_status(run_dir).get("state") == "finished"
-                    and not any((run_dir / "checkpoints").glob("*.zip"))
-                ):
-                    run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}"))
-                jobs.append(Job(config, run_dir, arm.name))
+                jobs.append(Job(config, out_dir / "runs" / env_id / arm.name / f"seed_{seed}", arm.name))
     return jobs
+
+
+def set_aside_stale_runs(jobs: list[Job]) -> None:
+    """Move aside run dirs that hold a config but neither a finished run nor a checkpoint to resume from."""
+    for job in jobs:
+        run_dir = job.run_dir
+        if (run_dir / "config.yaml").exists() and not job.finished and not any((run_dir / "checkpoints").glob("*.zip")):
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}"))
 
 
 def find_jobs(out_dir: Path) -> list[Job]:
@@ -188,11 +193,53 @@ def find_jobs(out_dir: Path) -> list[Job]:
     return sorted(jobs, key=order)
 
 
+_live_runs: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def _stop_with_parent() -> None:
+    """In a run's process: receive SIGINT (checkpoint, then exit) if the comparison dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: Ctrl-C and SIGTERM still stop the runs through stop_live_runs()
+
+
 def _run_job_locally(job: Job, threads: int) -> tuple[Job, int, str]:
     environ = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(job.command(), capture_output=True, text=True, env=environ)
-    return job, result.returncode, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    process = subprocess.Popen(
+        job.command(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+        preexec_fn=_stop_with_parent,
+    )
+    with _live_lock:
+        _live_runs.add(process)
+    try:
+        _, stderr = process.communicate()
+    finally:
+        with _live_lock:
+            _live_runs.discard(process)
+    return job, process.returncode, stderr.strip().splitlines()[-1] if stderr.strip() else ""
+
+
+def stop_live_runs(timeout: float = 120.0) -> int:
+    """Send SIGINT to every run still going (each saves a checkpoint), wait, then kill stragglers; return how many."""
+    with _live_lock:
+        live = list(_live_runs)
+    for process in live:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for process in live:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return len(live)
 
 
 def run_jobs(jobs: list[Job], workers: int, backend: str, progress: bool = True) -> list[str]:
@@ -216,12 +263,22 @@ def run_jobs(jobs: list[Job], workers: int, backend: str, progress: bool = True)
     from tqdm import tqdm
 
     failures = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_run_job_locally, job, threads) for job in pending]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
-            job, code, last_line = future.result()
-            if code != 0:
-                failures.append(f"{job.run_dir}: exit {code}: {last_line}")
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        with sigterm_as_interrupt():
+            futures = [pool.submit(_run_job_locally, job, threads) for job in pending]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
+                job, code, last_line = future.result()
+                if code != 0:
+                    failures.append(f"{job.run_dir}: exit {code}: {last_line}")
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stopped = stop_live_runs()
+        raise RunInterrupted(
+            f"comparison stopped; {stopped} runs saved a checkpoint and stopped; run the same command again to resume"
+        ) from None
+    finally:
+        pool.shutdown(wait=True)
     return failures
 
 
@@ -237,8 +294,9 @@ def _run_jobs_on_ray(jobs: list[Job], workers: int, threads: int) -> list[str]:
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
 
-    # max_calls=1: a fresh worker process per run, as with the local backend.
-    @ray.remote(num_cpus=1, max_calls=1)
+    # max_calls=1: a fresh worker process per run, as with the local backend. A task whose worker
+    # dies is retried (max_retries), and its command resumes from the run's checkpoint.
+    @ray.remote(num_cpus=1, max_calls=1, max_retries=3)
     def run_remote(job: Job) -> tuple[Job, int, str]:
         return _run_job_locally(job, threads)
 

@@ -22,6 +22,10 @@ class RunInterrupted(Exception):
     """Training stopped by Ctrl-C after saving a checkpoint."""
 
 
+class RunFailed(Exception):
+    """Training stopped by a fault (a dead env worker, non-finite numbers, a full disk); the CLI exits with 3."""
+
+
 @dataclass
 class RunConfig:
     """

@@ -28,13 +28,24 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.factory import ALGORITHM_CLASSES, make_agent
-from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperparams
+from experiments.config import RunConfig, RunError, RunFailed, RunInterrupted, check_hyperparams
 from experiments.files import (
     save_figure_atomically,
     save_model_atomically,
     write_json,
     write_text_atomically,
     write_yaml,
+)
+from experiments.safety import (
+    FiniteGuard,
+    FolderLock,
+    NonFiniteError,
+    close_vec_env,
+    dead_workers,
+    describe_exit,
+    is_disk_full,
+    non_finite_parameter,
+    sigterm_as_interrupt,
 )
 from experiments.stats import mean_ci, wilson_interval
 
@@ -227,6 +238,10 @@ class Run:
         )
 
     def save_checkpoint(self, model: BaseAlgorithm) -> Path:
+        """Save a checkpoint and drop the oldest beyond ``keep_checkpoints``; never one with NaN/inf weights."""
+        bad = non_finite_parameter(model.policy)
+        if bad is not None:
+            raise NonFiniteError(f"weight {bad} is non-finite at step {model.num_timesteps}")
         path = self.dir / "checkpoints" / f"step_{model.num_timesteps:010d}.zip"
         save_model_atomically(model, path)
         for old in checkpoints(self.dir)[: -self.config.keep_checkpoints]:
@@ -362,15 +377,22 @@ def train(
         validate(config)
     run = Run(run_dir, config)
     if resume:
-        saved = checkpoints(run_dir)
         if read_status(run_dir).get("state") == "finished":
             raise RunError(f"the run in {run_dir} has already finished ({config.steps} steps)")
-        if not saved:
+        if not checkpoints(run_dir):
             raise RunError(f"{run_dir} holds no checkpoint to resume from; start it again with train --run-dir")
     elif (run_dir / "config.yaml").exists():
         raise RunError(f"{run_dir} already holds a run; resume it with: train --resume {run_dir} (or use another dir)")
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(run_dir, "training run").acquire()
+    try:
+        return _train_locked(run, resume, created, progress, progress_seconds)
+    finally:
+        lock.release()
+
+
+def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progress_seconds: float) -> dict[str, Any]:
+    config, run_dir = run.config, run.dir
     vec_env = envs.make_vec_env(
         config.env,
         config.num_envs,
@@ -379,9 +401,10 @@ def train(
         monitor_dir=str(run_dir / "monitor"),
         **config.env_kwargs,
     )
+    model = None
     try:
         try:
-            model = load_model(config, saved[-1], vec_env) if resume else build_model(config, vec_env)
+            model = load_model(config, checkpoints(run_dir)[-1], vec_env) if resume else build_model(config, vec_env)
         except RunError:
             if created:  # nothing was trained: leave no half-made run behind
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -393,25 +416,59 @@ def train(
         model.set_logger(configure(str(run_dir / "logs" / f"segment_{segment}"), ["csv", "tensorboard"]))
         remaining = config.steps - model.num_timesteps
         run.write_status("running", model.num_timesteps)
-        try:
+        with sigterm_as_interrupt():
             if remaining > 0:
-                callbacks = [_RunCallback(run)] + ([_ProgressCallback(run, progress_seconds)] if progress else [])
+                callbacks = [FiniteGuard(), _RunCallback(run)]
+                callbacks += [_ProgressCallback(run, progress_seconds)] if progress else []
                 model.learn(remaining, callback=callbacks, reset_num_timesteps=not resume)
-        except KeyboardInterrupt:
-            path = run.save_checkpoint(model)
-            run.write_status("interrupted", model.num_timesteps, checkpoint=str(path))
-            raise RunInterrupted(
-                f"interrupted at {model.num_timesteps} steps; checkpoint {path}; "
-                f"resume with: python run_agent.py train --resume {run_dir}"
-            ) from None
-        save_model_atomically(model, run_dir / "model.zip")
-        final = run.evaluate(model)
+            save_model_atomically(model, run_dir / "model.zip")
+            final = run.evaluate(model)
         run.write_status("finished", model.num_timesteps, final=final)
+    except KeyboardInterrupt:
+        if model is None:
+            raise
+        path = run.save_checkpoint(model)
+        run.write_status("interrupted", model.num_timesteps, checkpoint=str(path))
+        raise RunInterrupted(
+            f"interrupted at {model.num_timesteps} steps; checkpoint {path}; "
+            f"resume with: python run_agent.py train --resume {run_dir}"
+        ) from None
+    except (EOFError, ConnectionError, BrokenPipeError) as error:
+        dead = dead_workers(vec_env)
+        if not dead:
+            raise
+        index, pid, code = dead[0]
+        path = run.save_checkpoint(model)  # the weights of the last completed update
+        reason = f"env worker {index} ({config.env}, seed {config.seed + index}, pid {pid}) died: {describe_exit(code)}"
+        run.write_status("failed", model.num_timesteps, reason=reason, checkpoint=str(path))
+        raise RunFailed(
+            f"{reason}, at step {model.num_timesteps}; checkpoint {path}; "
+            f"resume with: python run_agent.py train --resume {run_dir}"
+        ) from error
+    except (NonFiniteError, ValueError) as error:
+        # torch's distributions refuse NaN logits with a ValueError in the middle of an update.
+        if isinstance(error, ValueError):
+            if model is None or "found invalid values" not in str(error):
+                raise
+            bad = non_finite_parameter(model.policy)
+            what = f"weight {bad} became non-finite" if bad else "the policy's outputs became NaN (weights overflowed)"
+            error = NonFiniteError(f"{what} during the update at step {model.num_timesteps}")
+        saved = checkpoints(run_dir)
+        last = f"the last good checkpoint {saved[-1]} is kept" if saved else "no checkpoint was saved before it"
+        run.write_status("failed", model.num_timesteps if model is not None else 0, reason=str(error))
+        raise RunFailed(f"stopped: {error}; {last}; nothing was saved with non-finite weights") from None
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        saved = checkpoints(run_dir)
+        last = f"the last checkpoint {saved[-1].name}" if saved else "no checkpoint"
+        raise RunFailed(
+            f"the disk is full (or a file size limit was reached) writing {error.filename or 'a result'}: "
+            f"{error.strerror}. Nothing already written was overwritten ({last}, config.yaml and the CSVs are intact); "
+            f"free space and resume with: python run_agent.py train --resume {run_dir}"
+        ) from None
     finally:
-        try:
-            vec_env.close()
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            pass  # workers already gone (Ctrl-C reaches them too)
+        close_vec_env(vec_env)
     return {"run_dir": str(run_dir), "num_timesteps": model.num_timesteps, **final}
 
 

@@ -1,0 +1,159 @@
+"""What keeps long runs safe: one writer per folder, finite numbers, dead env workers and full
+disks reported in one line, and SIGTERM handled like Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from experiments.config import RunError, RunFailed  # noqa: F401  (RunFailed: raised by users of this module)
+
+DISK_FULL_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf appeared; the message says where and at which step."""
+
+
+class FolderLock:
+    """
+    An exclusive lock on ``folder/name`` (``flock``), held while the process runs. The kernel
+    drops it when the process ends, however it ends, so a crash never leaves it stuck.
+
+    :param folder: the run or comparison folder.
+    :param what: how the error names the folder's user ("training run", "comparison").
+    """
+
+    def __init__(self, folder: Path, what: str, name: str = ".lock") -> None:
+        self.path = Path(folder) / name
+        self.what = what
+        self._handle: int | None = None
+
+    def acquire(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(handle, 64).decode(errors="replace").strip() or "unknown"
+            os.close(handle)
+            raise RunError(
+                f"{self.path.parent} is in use by another {self.what} (pid {holder}); wait for it to end or stop it "
+                "(a process that crashed holds no lock)"
+            ) from None
+        os.ftruncate(handle, 0)
+        os.write(handle, str(os.getpid()).encode())
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            os.close(self._handle)  # closing drops the flock
+            self._handle = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``KeyboardInterrupt`` (so a run saves a checkpoint as on Ctrl-C)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def non_finite_parameter(module: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or inf, or None."""
+    for name, parameter in module.named_parameters():
+        if not torch.isfinite(parameter).all():
+            return name
+    return None
+
+
+class FiniteGuard(BaseCallback):
+    """
+    Stops training at the first NaN or inf: in a reward or a float observation (every step), or
+    in a logged loss or the weights after an update (checked before the next rollout).
+    """
+
+    def _on_step(self) -> bool:
+        rewards = self.locals.get("rewards")
+        if rewards is not None and not np.isfinite(rewards).all():
+            env = int(np.flatnonzero(~np.isfinite(rewards))[0])
+            raise NonFiniteError(f"env {env} returned a non-finite reward at step {self.num_timesteps}")
+        observations = self.locals.get("new_obs")
+        arrays = observations.values() if isinstance(observations, dict) else [observations]
+        for array in arrays:
+            if isinstance(array, np.ndarray) and array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise NonFiniteError(f"an env returned a non-finite observation at step {self.num_timesteps}")
+        return True
+
+    def _on_rollout_start(self) -> None:
+        for key, value in self.model.logger.name_to_value.items():
+            if key.startswith("train/") and isinstance(value, float) and not np.isfinite(value):
+                raise NonFiniteError(f"{key} was {value} in the update before step {self.num_timesteps}")
+        name = non_finite_parameter(self.model.policy)
+        if name is not None:
+            raise NonFiniteError(
+                f"weight {name} became non-finite in the update before step {self.num_timesteps} "
+                "(a loss or gradient overflowed: lower the learning rate or check the rewards)"
+            )
+
+
+def dead_workers(vec_env: Any, wait_seconds: float = 2.0) -> list[tuple[int, int | None, int]]:
+    """``(index, pid, exit code)`` of the subprocess env workers that have exited."""
+    processes = getattr(vec_env, "processes", [])
+    for process in processes:
+        process.join(timeout=wait_seconds / max(len(processes), 1))
+    return [(i, p.pid, p.exitcode) for i, p in enumerate(processes) if p.exitcode is not None]
+
+
+def close_vec_env(vec_env: Any) -> None:
+    """Close a vec env whose workers may be dead or interrupted, never blocking on a pipe."""
+    if getattr(vec_env, "processes", None) and any(p.exitcode is not None for p in vec_env.processes):
+        # A step half-received from the live workers would make close() wait for replies already read.
+        vec_env.waiting = False
+        for process in vec_env.processes:
+            if process.exitcode is None:
+                process.terminate()
+    try:
+        vec_env.close()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # workers already gone (Ctrl-C reaches them too)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRORS

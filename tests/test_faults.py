@@ -1,0 +1,299 @@
+"""Faults of long runs, injected against real MiniWorld: dead env workers, NaN, two writers,
+a stopped comparison, a full disk. Each must stop cleanly, say what happened in one line, and lose nothing."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+from stable_baselines3.common.vec_env import DummyVecEnv
+from test_cli import REPO, TINY, assert_clean_error, run_agent
+
+import envs
+from agents import make_agent
+from experiments.config import RunConfig, RunError
+from experiments.runs import Run
+from experiments.safety import FiniteGuard, FolderLock, NonFiniteError
+
+TINY_PPO = dict(n_steps=40, batch_size=40, cpc_kwargs={"horizon": 8, "sequence_length": 40})
+SMALL_POLICY = {"features_extractor_kwargs": {"features_dim": 32}}
+
+
+def start_train(run_dir, flags, settings, **kwargs):
+    command = [sys.executable, str(REPO / "run_agent.py"), "train", "--algo", "ppo", "--run-dir", str(run_dir)]
+    command += ["--no-progress", *map(str, flags), *TINY, *settings]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_for(predicate, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def checkpoint_count(run_dir):
+    return len(list((run_dir / "checkpoints").glob("*.zip")))
+
+
+def test_a_dead_env_worker_stops_the_run_in_one_line_and_resume_continues(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_train(
+        run_dir, ["--steps", 1500, "--n-envs", 2], ["vec_env='subproc'", "eval_freq=0", "save_freq=80"]
+    )
+    assert wait_for(lambda: checkpoint_count(run_dir) > 0)
+    main = psutil.Process(process.pid)
+    # The env workers are the forkserver's children (grandchildren of the training process).
+    workers = [child for child in main.children(recursive=True) if child.ppid() != main.pid]
+    assert len(workers) == 2
+    workers[1].kill()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert "env worker" in line and "died: killed by SIGKILL" in line and "resume with" in line
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "killed by SIGKILL" in status["reason"]
+    resumed = run_agent("train", "--resume", run_dir, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+
+class NaNRewardAt(gym.Wrapper):
+    def __init__(self, env, step):
+        super().__init__(env)
+        self.nan_at, self.steps = step, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        return obs, float("nan") if self.steps == self.nan_at else reward, terminated, truncated, info
+
+
+def small_model(env_fn):
+    vec = DummyVecEnv([env_fn])
+    return make_agent("ppo", vec, aux="cpc", seed=0, policy_kwargs=SMALL_POLICY, **TINY_PPO)
+
+
+def test_a_nan_reward_or_weight_stops_training_where_it_appears(tmp_path):
+    model = small_model(lambda: NaNRewardAt(envs.make_env("MiniWorld-Hallway-v0", max_episode_steps=40), 57))
+    with pytest.raises(NonFiniteError, match="env 0 returned a non-finite reward at step 57"):
+        model.learn(200, callback=FiniteGuard())
+    model = small_model(lambda: envs.make_env("MiniWorld-Hallway-v0", max_episode_steps=40))
+    model.learn(40, callback=FiniteGuard())
+    weight = next(model.policy.parameters())
+    weight.data[0] = float("nan")
+    with pytest.raises(NonFiniteError, match="became non-finite in the update before step 40"):
+        model.learn(80, callback=FiniteGuard(), reset_num_timesteps=False)
+    # A checkpoint is never written with non-finite weights.
+    run = Run(tmp_path / "run", RunConfig(algo="ppo"))
+    with pytest.raises(NonFiniteError):
+        run.save_checkpoint(model)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_exploding_weights_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_agent(
+        "train",
+        "--algo",
+        "ppo",
+        "--steps",
+        400,
+        "--n-envs",
+        1,
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+        *TINY,
+        "eval_freq=0",
+        "save_freq=40",
+        "learning_rate=1e8",
+        "max_grad_norm=1e9",
+    )
+    assert result.returncode == 3, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and ("became NaN" in line or "non-finite" in line)
+    # The checkpoint of step 40 was saved before the update that blew up, and stays the only one.
+    assert "the last good checkpoint" in line and "step_0000000040.zip" in line
+    assert "nothing was saved with non-finite weights" in line
+    assert not (run_dir / "model.zip").exists() and checkpoint_count(run_dir) == 1
+    assert run_agent("eval", run_dir, "--episodes", 1).returncode == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "during the update at step 40" in status["reason"]
+
+
+def test_one_writer_per_run_dir_and_comparison(tmp_path, trained_run):
+    run_dir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(trained_run), str(run_dir)], check=True)
+    (run_dir / "model.zip").unlink()
+    (run_dir / "status.json").write_text(json.dumps({"state": "interrupted", "num_timesteps": 40}))
+    with FolderLock(run_dir, "training run"):
+        assert_clean_error(
+            run_agent("train", "--resume", run_dir), "is in use by another training run", str(os.getpid())
+        )
+    out = tmp_path / "compare"
+    with FolderLock(out, "comparison", ".compare.lock"):
+        result = run_agent("compare", "--env", "MiniWorld-Hallway-v0", "--arm", "none", "--steps", 40, "--out", out)
+        assert_clean_error(result, "is in use by another comparison")
+    # A holder killed with SIGKILL leaves no stuck lock.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from experiments.safety import FolderLock; FolderLock({str(run_dir)!r}, 'x').acquire(); "
+            "print('held', flush=True); import time; time.sleep(60)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunError, match="in use"):
+        FolderLock(run_dir, "training run").acquire()
+    holder.kill()
+    holder.wait()
+    FolderLock(run_dir, "training run").acquire().release()
+
+
+def training_processes(out):
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(str(out) in part for part in (p.info["cmdline"] or [])) and "train" in (p.info["cmdline"] or [])
+    ]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_comparison_leaves_no_run_behind_and_resumes(tmp_path, stop):
+    out = tmp_path / "compare"
+    args = [
+        "compare",
+        "--env",
+        "MiniWorld-Hallway-v0:1000",
+        "--arm",
+        "none",
+        "--arm",
+        "cpc",
+        "--algo",
+        "ppo",
+        "--seeds",
+        1,
+        "--workers",
+        2,
+        "--n-envs",
+        1,
+        "--out",
+        out,
+        "--no-progress",
+        *TINY,
+        "eval_freq=0",
+        "save_freq=80",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "run_agent.py"), *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run_dirs = [out / "runs" / "MiniWorld-Hallway-v0" / arm / "seed_0" for arm in ("none", "cpc")]
+    assert wait_for(lambda: all(checkpoint_count(run_dir) > 0 for run_dir in run_dirs))
+    process.send_signal(stop)
+    process.communicate(timeout=120)
+    assert wait_for(lambda: not training_processes(out), seconds=90), "training processes outlived the comparison"
+    for run_dir in run_dirs:
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+    again = run_agent(*args, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "2 runs (0 already finished)" in again.stdout
+    for run_dir in run_dirs:
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["state"] == "finished" and status["num_timesteps"] >= 1000
+        assert len(list((run_dir / "logs").glob("segment_*"))) == 2, "the run resumed rather than restarted"
+
+
+def test_a_full_disk_keeps_every_earlier_result(tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_agent(
+        "train",
+        "--algo",
+        "ppo",
+        "--steps",
+        80,
+        "--n-envs",
+        1,
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+        *TINY,
+        "eval_freq=0",
+        "save_freq=40",
+        "keep_checkpoints=5",
+    )
+    assert first.returncode == 0, first.stderr
+    (run_dir / "model.zip").unlink()
+    (run_dir / "checkpoints" / "step_0000000080.zip").unlink()
+    (run_dir / "status.json").write_text(json.dumps({"state": "interrupted", "num_timesteps": 40}))
+    before = {
+        path: path.read_bytes() for path in [run_dir / "config.yaml", run_dir / "checkpoints" / "step_0000000040.zip"]
+    }
+    limit = (run_dir / "checkpoints" / "step_0000000040.zip").stat().st_size // 2
+
+    def small_files_only():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_agent.py"), "train", "--resume", str(run_dir), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_files_only,
+    )
+    assert result.returncode == 3, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "disk is full (or a file size limit was reached)" in line and "step_0000000040.zip" in line
+    for path, data in before.items():
+        assert path.read_bytes() == data, path
+    assert not list((run_dir / "checkpoints").glob(".*.tmp")), "a half-written temporary file was left"
+    assert len(pd.read_csv(run_dir / "monitor" / "0.monitor.csv", comment="#")) >= 0
+    assert run_agent("eval", run_dir, "--episodes", 1).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    result = run_agent(
+        "train",
+        "--algo",
+        "ppo",
+        "--steps",
+        80,
+        "--n-envs",
+        1,
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+        *TINY,
+        "eval_freq=0",
+        "save_freq=40",
+    )
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_finite_numbers_pass_the_guard():
+    model = small_model(lambda: envs.make_env("MiniWorld-Hallway-v0", max_episode_steps=40))
+    model.learn(80, callback=FiniteGuard())
+    assert model.num_timesteps == 80 and np.isfinite(model.cpc_figures["train/cpc_loss"])
