@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ class RunConfig:
     :param eval_episodes: episodes per evaluation.
     :param save_freq: env steps between checkpoints (0: only on interrupt).
     :param keep_checkpoints: how many of the newest checkpoints to keep (each is a whole model, ~25 MB).
+    :param threads: torch threads of the learner; None: ``OMP_NUM_THREADS`` if set, else the cores
+        that other processes leave free when the run starts (at least 1).
     :param hyperparams: overrides of the algorithm's preset arguments.
     :param cpc_kwargs: overrides of the preset's CPC settings.
     :param env_kwargs: passed to the MiniWorld env (``max_episode_steps``, ...).
@@ -60,6 +63,7 @@ class RunConfig:
     eval_episodes: int = 10
     save_freq: int = 10_000
     keep_checkpoints: int = 1
+    threads: int | None = None
     hyperparams: dict[str, Any] = field(default_factory=dict)
     cpc_kwargs: dict[str, Any] = field(default_factory=dict)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +88,8 @@ class RunConfig:
                 raise RunError(f"{name} must be an integer >= 0 (0: never); got {getattr(self, name)!r}")
         if self.vec_env not in ("subproc", "dummy"):
             raise RunError(f"vec_env must be 'subproc' or 'dummy'; got {self.vec_env!r}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise RunError(f"threads must be None or an integer >= 1; got {self.threads!r}")
         if self.n_envs is not None and (not _is_int(self.n_envs) or self.n_envs < 1):
             raise RunError(f"n_envs must be an integer >= 1; got {self.n_envs!r}")
         if self.aux == "none" and self.cpc_kwargs:
@@ -211,3 +217,19 @@ def check_hyperparams(config: RunConfig) -> None:
             resolve_cpc_kwargs({**chosen["cpc_kwargs"], **config.cpc_kwargs}, None, n_steps)
         except ValueError as error:
             raise RunError(str(error)) from None
+
+
+def learner_threads(config: RunConfig) -> int:
+    """
+    Torch threads for the learner: ``config.threads``, else ``OMP_NUM_THREADS``, else the cores
+    this process may use minus the load other processes put on them (1-minute load average).
+
+    Oversubscribed intra-op threads wait on each other: on a 2-core machine beside two busy
+    processes, training with 2 threads took ~6x as long as with 1 (../shared/NOTES.md).
+    """
+    if config.threads is not None:
+        return config.threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, round(cores - os.getloadavg()[0])))

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -28,7 +29,7 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.factory import ALGORITHM_CLASSES, make_agent
-from experiments.config import RunConfig, RunError, RunFailed, RunInterrupted, check_hyperparams
+from experiments.config import RunConfig, RunError, RunFailed, RunInterrupted, check_hyperparams, learner_threads
 from experiments.files import (
     save_figure_atomically,
     save_model_atomically,
@@ -40,6 +41,7 @@ from experiments.safety import (
     FiniteGuard,
     FolderLock,
     NonFiniteError,
+    ReleaseFreedMemory,
     close_vec_env,
     dead_workers,
     describe_exit,
@@ -393,6 +395,7 @@ def train(
 
 def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progress_seconds: float) -> dict[str, Any]:
     config, run_dir = run.config, run.dir
+    torch.set_num_threads(learner_threads(config))
     vec_env = envs.make_vec_env(
         config.env,
         config.num_envs,
@@ -415,10 +418,10 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
         segment = len(list((run_dir / "logs").glob("segment_*"))) if (run_dir / "logs").exists() else 0
         model.set_logger(configure(str(run_dir / "logs" / f"segment_{segment}"), ["csv", "tensorboard"]))
         remaining = config.steps - model.num_timesteps
-        run.write_status("running", model.num_timesteps)
+        run.write_status("running", model.num_timesteps, threads=torch.get_num_threads())
         with sigterm_as_interrupt():
             if remaining > 0:
-                callbacks = [FiniteGuard(), _RunCallback(run)]
+                callbacks = [FiniteGuard(), ReleaseFreedMemory(), _RunCallback(run)]
                 callbacks += [_ProgressCallback(run, progress_seconds)] if progress else []
                 model.learn(remaining, callback=callbacks, reset_num_timesteps=not resume)
             save_model_atomically(model, run_dir / "model.zip")
