@@ -198,9 +198,9 @@ _live_lock = threading.Lock()
 
 
 def _stop_with_parent() -> None:
-    """In a run's process: receive SIGINT (checkpoint, then exit) if the comparison dies, even by SIGKILL."""
+    """In a run's process: receive SIGTERM (checkpoint, then exit) if the comparison dies, even by SIGKILL."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: Ctrl-C and SIGTERM still stop the runs through stop_live_runs()
 
@@ -227,12 +227,15 @@ def _run_job_locally(job: Job, threads: int) -> tuple[Job, int, str]:
 
 
 def stop_live_runs(timeout: float = 120.0) -> int:
-    """Send SIGINT to every run still going (each saves a checkpoint), wait, then kill stragglers; return how many."""
+    """
+    Send SIGTERM to every run still going (each saves a checkpoint), wait, then kill stragglers;
+    return how many. Not SIGINT: a process started in the background ignores it.
+    """
     with _live_lock:
         live = list(_live_runs)
     for process in live:
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for process in live:
         try:
@@ -474,7 +477,8 @@ def plot_curves(jobs: list[Job], env_ids: list[str], arms: list[str], path: Path
         axis.set_xlabel("env steps")
         axis.set_ylabel("training-episode return")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     for axis in list(axes.flat)[len(env_ids) :]:
         axis.axis("off")
     figure.tight_layout()
