@@ -213,3 +213,97 @@ def test_ppo_horizon_must_fit_the_minibatch_sequences():
         build("ppo", {"horizon": 8, "sequence_length": 6})
     with pytest.raises(ValueError, match="must be a multiple of the CPC sequence length"):
         build("ppo", {"horizon": 3, "sequence_length": 5})
+
+
+def sign_vec_env(n_envs=2):
+    """MiniWorld's own Sign task: Dict(obs=image, goal=Discrete(2)) observations."""
+    envs.list_envs()  # imports miniworld headless, with one display list per env
+
+    def make():
+        return gym.make("MiniWorld-Sign-v0", window_width=32, window_height=24, obs_width=40, obs_height=40)
+
+    return DummyVecEnv([make] * n_envs)
+
+
+DICT_CASES = {
+    "ppo": (CPCPPO, "MultiInputPolicy", {"n_steps": 16, "batch_size": 16, "n_epochs": 2}),
+    "a2c": (CPCA2C, "MultiInputPolicy", {"n_steps": 16}),
+    "recurrent_ppo": (CPCRecurrentPPO, "MultiInputLstmPolicy", {"n_steps": 16, "batch_size": 16, "n_epochs": 2}),
+}
+
+
+@pytest.mark.parametrize("algo", list(DICT_CASES))
+def test_dict_observations_carry_cpc_and_cpca(algo):
+    algorithm, policy, settings = DICT_CASES[algo]
+    for action_conditioned in (False, True):
+        model = algorithm(
+            policy,
+            sign_vec_env(),
+            cpc_kwargs={**CPC, "action_conditioned": action_conditioned},
+            policy_kwargs={"net_arch": [16]} if algo != "recurrent_ppo" else {"lstm_hidden_size": 16},
+            seed=0,
+            **settings,
+        )
+        model.set_logger(configure(None, []))
+        head = [p.detach().clone() for p in model.policy.cpc_head.parameters()]
+        model.learn(model.n_steps * model.n_envs * 2)
+        # z_t is the CombinedExtractor's output (image CNN + one-hot goal); the head trained on it.
+        assert model.policy.cpc_head.embed_dim == model.policy.features_dim
+        assert any(not torch.equal(a, b) for a, b in zip(head, model.policy.cpc_head.parameters(), strict=True))
+        assert 0 <= model.cpc_figures["train/cpc_accuracy_k1"] <= 1
+        assert (model.policy.cpc_head.action_dim is not None) == action_conditioned
+
+
+OBSERVATION_WRAPPERS = {
+    "Discrete": None,
+    "MultiBinary": (gym.spaces.MultiBinary(16), lambda s: np.eye(16, dtype=np.int8)[s]),
+    "MultiDiscrete": (gym.spaces.MultiDiscrete([4, 4]), lambda s: np.array(divmod(s, 4))),
+}
+
+
+@pytest.mark.parametrize("space", list(OBSERVATION_WRAPPERS))
+def test_discrete_multidiscrete_and_multibinary_observations_carry_cpc(space):
+    def frozen_lake():
+        env = gym.make("FrozenLake-v1")
+        if OBSERVATION_WRAPPERS[space] is not None:
+            observation_space, transform = OBSERVATION_WRAPPERS[space]
+            env = gym.wrappers.TransformObservation(env, transform, observation_space)
+        return env
+
+    model = CPCPPO("MlpPolicy", DummyVecEnv([frozen_lake] * 2), n_steps=16, batch_size=16, cpc_kwargs=CPC, seed=0)
+    model.learn(64)
+    # SB3 flattens each space to a vector (one-hot for Discrete parts): that vector is z_t.
+    assert model.policy.cpc_head.embed_dim == {"Discrete": 16, "MultiBinary": 16, "MultiDiscrete": 8}[space]
+    assert np.isfinite(model.cpc_figures["train/cpc_loss"])
+
+
+SAVE_LOAD_DICT_CHECK = """
+import sys, numpy as np, envs
+envs.list_envs()
+from cpc_rl.sb3 import CPCPPO
+model = CPCPPO.load(sys.argv[1], policy_kwargs={"net_arch": [16]})
+obs = dict(np.load(sys.argv[2]))
+actions, _ = model.predict(obs, deterministic=True)
+print(model.policy.cpc_kwargs["horizon"], *actions)
+"""
+
+
+def test_dict_model_loads_in_a_fresh_process_with_the_kwargs_it_was_made_with(tmp_path):
+    model = CPCPPO(
+        "MultiInputPolicy", sign_vec_env(), n_steps=16, batch_size=16, cpc_kwargs=CPC, policy_kwargs={"net_arch": [16]}
+    )
+    model.learn(32)
+    path = tmp_path / "model.zip"
+    model.save(path)
+    observations = model.env.reset()
+    np.savez(tmp_path / "obs.npz", **observations)
+    actions, _ = model.predict(observations, deterministic=True)
+    result = subprocess.run(
+        [sys.executable, "-c", SAVE_LOAD_DICT_CHECK, str(path), str(tmp_path / "obs.npz")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    horizon, *loaded = result.stdout.split()
+    assert int(horizon) == CPC["horizon"] and list(map(int, loaded)) == list(actions)

@@ -10,23 +10,32 @@ import torch
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
 
-from cpc_rl.sb3.buffers import SequenceRecurrentRolloutBuffer, SequenceRolloutBuffer
+from cpc_rl.sb3.buffers import (
+    SequenceDictRolloutBuffer,
+    SequenceRecurrentDictRolloutBuffer,
+    SequenceRecurrentRolloutBuffer,
+    SequenceRolloutBuffer,
+)
 from cpc_rl.sb3.config import resolve_cpc_kwargs
 from cpc_rl.sb3.policies import (
     CPCActorCriticCnnPolicy,
     CPCActorCriticPolicy,
+    CPCMultiInputActorCriticPolicy,
     CPCRecurrentActorCriticCnnPolicy,
     CPCRecurrentActorCriticPolicy,
+    CPCRecurrentMultiInputActorCriticPolicy,
     _CPCPolicyMixin,
 )
 
 _FEEDFORWARD_POLICIES: dict[Any, type] = {
     "MlpPolicy": CPCActorCriticPolicy,
     "CnnPolicy": CPCActorCriticCnnPolicy,
+    "MultiInputPolicy": CPCMultiInputActorCriticPolicy,
     ActorCriticPolicy: CPCActorCriticPolicy,
     ActorCriticCnnPolicy: CPCActorCriticCnnPolicy,
+    MultiInputActorCriticPolicy: CPCMultiInputActorCriticPolicy,
 }
 
 
@@ -52,16 +61,30 @@ class _CPCAlgorithmMixin:
         """Resolve ``cpc_kwargs`` and point the policy class and kwargs at the CPC policy."""
         if self.cpc_kwargs is None:
             return None
-        if not isinstance(self.observation_space, spaces.Box):
-            raise ValueError(
-                f"CPC needs image or vector (Box) observations; got {self.observation_space}. "
-                "Wrap the env so that it returns one array, or set cpc_kwargs=None."
-            )
+        # z_t is the features extractor's output, a vector for every space SB3 takes.
         settings = resolve_cpc_kwargs(self.cpc_kwargs, self.action_space, self.n_steps, sequence_length)
         self.cpc_kwargs = settings
         self.policy_class = _cpc_policy_class(self.policy_class, known_policies)
         self.policy_kwargs = {**self.policy_kwargs, "cpc_kwargs": settings}
         return settings
+
+    @classmethod
+    def load(cls, path: Any, env: Any = None, device: Any = "auto", custom_objects: Any = None, **kwargs: Any):
+        """
+        SB3's ``load``. ``policy_kwargs`` given as when the model was made (SB3's idiom) are
+        accepted: the ``cpc_kwargs`` the model stores in its policy kwargs are added to them.
+        """
+        given = kwargs.get("policy_kwargs")
+        if given is not None and "cpc_kwargs" not in given:
+            from stable_baselines3.common.save_util import load_from_zip_file
+
+            data, _, _ = load_from_zip_file(path, device=device, custom_objects=custom_objects)
+            stored = (data or {}).get("policy_kwargs", {})
+            if "cpc_kwargs" in stored:
+                kwargs["policy_kwargs"] = {**given, "cpc_kwargs": stored["cpc_kwargs"]}
+            if hasattr(path, "seek"):
+                path.seek(0)
+        return super().load(path, env=env, device=device, custom_objects=custom_objects, **kwargs)
 
     def _record_cpc_figures(self) -> None:
         outputs = self.policy.pop_cpc_outputs()
@@ -97,7 +120,8 @@ class _FeedForwardCPCMixin(_CPCAlgorithmMixin):
                 "minibatches hold whole sequences; change batch_size or cpc_kwargs['sequence_length']"
             )
         if settings is not None:
-            self.rollout_buffer_class = SequenceRolloutBuffer
+            dict_observations = isinstance(self.observation_space, spaces.Dict)
+            self.rollout_buffer_class = SequenceDictRolloutBuffer if dict_observations else SequenceRolloutBuffer
             self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "sequence_length": length}
         super()._setup_model()
         if settings is not None:
@@ -150,20 +174,25 @@ class CPCRecurrentPPO(_CPCAlgorithmMixin, RecurrentPPO):
         super().__init__(policy, env, *args, **kwargs)
 
     def _setup_model(self) -> None:
-        from sb3_contrib.common.recurrent.policies import RecurrentActorCriticCnnPolicy, RecurrentActorCriticPolicy
+        from sb3_contrib.common.recurrent.policies import (
+            RecurrentActorCriticCnnPolicy,
+            RecurrentActorCriticPolicy,
+            RecurrentMultiInputActorCriticPolicy,
+        )
 
         known = {
             RecurrentActorCriticPolicy: CPCRecurrentActorCriticPolicy,
             RecurrentActorCriticCnnPolicy: CPCRecurrentActorCriticCnnPolicy,
+            RecurrentMultiInputActorCriticPolicy: CPCRecurrentMultiInputActorCriticPolicy,
         }
         if self._prepare_cpc(known, None) is None and self.policy_class in known:
             self.policy_class = known[self.policy_class]  # the faster sequence path, no head
         super()._setup_model()
         if self.cpc_kwargs is not None:
-            if isinstance(self.observation_space, spaces.Dict):
-                raise ValueError("CPCRecurrentPPO with CPC needs Box observations")
             buffer = self.rollout_buffer
-            self.rollout_buffer = SequenceRecurrentRolloutBuffer(
+            dict_observations = isinstance(self.observation_space, spaces.Dict)
+            buffer_class = SequenceRecurrentDictRolloutBuffer if dict_observations else SequenceRecurrentRolloutBuffer
+            self.rollout_buffer = buffer_class(
                 self.n_steps,
                 self.observation_space,
                 self.action_space,

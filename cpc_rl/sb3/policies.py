@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sb3_contrib.common.recurrent.policies import RecurrentActorCriticCnnPolicy, RecurrentActorCriticPolicy
-from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
+from sb3_contrib.common.recurrent.policies import (
+    RecurrentActorCriticCnnPolicy,
+    RecurrentActorCriticPolicy,
+    RecurrentMultiInputActorCriticPolicy,
+)
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
 from torch import nn
 
 from cpc_rl.head import CPCHead, CPCOutput
@@ -78,7 +82,7 @@ class _CPCPolicyMixin:
         settings = self.cpc_kwargs
         action_dim = int(self.action_space.n) if settings["action_conditioned"] else None
         return CPCHead(
-            self.features_dim,
+            int(self.features_dim),  # numpy int64 for MultiDiscrete observations
             context_dim,
             settings["horizon"],
             negatives=settings["negatives"],
@@ -148,7 +152,7 @@ class CPCActorCriticPolicy(_CPCPolicyMixin, ActorCriticPolicy):
             return
         # A forked RNG keeps every other initial weight and later random draw as without CPC.
         with torch.random.fork_rng(devices=[]):
-            self.cpc_context = nn.GRU(self.features_dim, self.cpc_kwargs["context_size"])
+            self.cpc_context = nn.GRU(int(self.features_dim), self.cpc_kwargs["context_size"])
             self.cpc_head = self._make_cpc_head(self.cpc_kwargs["context_size"])
         self._rebuild_optimizer(lr_schedule)
 
@@ -170,6 +174,10 @@ class CPCActorCriticPolicy(_CPCPolicyMixin, ActorCriticPolicy):
 
 class CPCActorCriticCnnPolicy(CPCActorCriticPolicy, ActorCriticCnnPolicy):
     """:class:`CPCActorCriticPolicy` with SB3's CNN defaults (``NatureCNN``)."""
+
+
+class CPCMultiInputActorCriticPolicy(CPCActorCriticPolicy, MultiInputActorCriticPolicy):
+    """:class:`CPCActorCriticPolicy` for ``Dict`` observations: ``z_t`` is SB3's ``CombinedExtractor`` output."""
 
 
 class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy):
@@ -233,3 +241,7 @@ class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy)
 
 class CPCRecurrentActorCriticCnnPolicy(CPCRecurrentActorCriticPolicy, RecurrentActorCriticCnnPolicy):
     """:class:`CPCRecurrentActorCriticPolicy` with the CNN defaults (``NatureCNN``)."""
+
+
+class CPCRecurrentMultiInputActorCriticPolicy(CPCRecurrentActorCriticPolicy, RecurrentMultiInputActorCriticPolicy):
+    """:class:`CPCRecurrentActorCriticPolicy` for ``Dict`` observations (``CombinedExtractor`` by default)."""
