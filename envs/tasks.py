@@ -103,6 +103,11 @@ def make_sign_memory(**kwargs: Any) -> gym.Env:
 
 
 def register_tasks() -> None:
-    """Register cpc-rl's tasks with gymnasium (idempotent)."""
+    """
+    Register cpc-rl's tasks with gymnasium (idempotent), and MiniWorld's by importing it headless:
+    after ``import envs`` every id is known to ``gym.make`` and to tools such as the Zoo
+    (``--gym-packages envs``).
+    """
+    import_miniworld()
     if "MiniWorld-SignMemory-v0" not in gym.registry:
         gym.register("MiniWorld-SignMemory-v0", entry_point="envs.tasks:make_sign_memory")
