@@ -98,7 +98,8 @@ def non_finite_parameter(module: torch.nn.Module) -> str | None:
 class FiniteGuard(BaseCallback):
     """
     Stops training at the first NaN or inf: in a reward or a float observation (every step), or
-    in a logged loss or the weights after an update (checked before the next rollout).
+    in a logged loss (``train/*loss*``) or the weights after an update (checked before the next
+    rollout). CPC's accuracies and MI bound are NaN by design when a step k had no pair.
     """
 
     def _on_step(self) -> bool:
@@ -115,7 +116,8 @@ class FiniteGuard(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         for key, value in self.model.logger.name_to_value.items():
-            if key.startswith("train/") and isinstance(value, float) and not np.isfinite(value):
+            # Losses only: an accuracy or MI bound is NaN when a step k had no pair (short episodes).
+            if key.startswith("train/") and "loss" in key and isinstance(value, float) and not np.isfinite(value):
                 raise NonFiniteError(f"{key} was {value} in the update before step {self.num_timesteps}")
         name = non_finite_parameter(self.model.policy)
         if name is not None:
