@@ -45,6 +45,7 @@ from experiments.safety import (
     close_vec_env,
     dead_workers,
     describe_exit,
+    ignore_stop_signals,
     is_disk_full,
     non_finite_parameter,
     sigterm_as_interrupt,
@@ -430,8 +431,10 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
     except KeyboardInterrupt:
         if model is None:
             raise
-        path = run.save_checkpoint(model)
-        run.write_status("interrupted", model.num_timesteps, checkpoint=str(path))
+        # A second Ctrl-C or SIGTERM must not cut the checkpoint short.
+        with ignore_stop_signals():
+            path = run.save_checkpoint(model)
+            run.write_status("interrupted", model.num_timesteps, checkpoint=str(path))
         raise RunInterrupted(
             f"interrupted at {model.num_timesteps} steps; checkpoint {path}; "
             f"resume with: python run_agent.py train --resume {run_dir}"

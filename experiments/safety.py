@@ -87,6 +87,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def ignore_stop_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM wait: what it writes is not cut short by a second stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def non_finite_parameter(module: torch.nn.Module) -> str | None:
     """The name of the first parameter holding a NaN or inf, or None."""
     for name, parameter in module.named_parameters():
