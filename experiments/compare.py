@@ -183,6 +183,8 @@ def find_jobs(out_dir: Path) -> list[Job]:
     jobs = []
     for config_path in sorted((Path(out_dir) / "runs").glob("*/*/seed_*/config.yaml")):
         run_dir = config_path.parent
+        if ".stale-" in run_dir.name:  # set aside by set_aside_stale_runs: never part of a comparison
+            continue
         jobs.append(Job(read_config(run_dir), run_dir, run_dir.parent.name))
     kinds = list(ARM_KINDS)
 

@@ -41,6 +41,7 @@ def run_hours(run_dir: Path) -> float:
 
 def part_hours(folder: Path) -> tuple[int, float]:
     """Number of runs and their CPU hours (each run uses one core: one torch thread, envs in-process)."""
+    # Set-aside (stale) runs cost hours too.
     run_dirs = [path.parent for path in folder.glob("runs/*/*/seed_*/config.yaml")]
     return len(run_dirs), sum(run_hours(run_dir) for run_dir in run_dirs)
 
@@ -188,7 +189,7 @@ def status_summary(root: Path) -> str:
     """One line per part: finished / started runs (for the CLI)."""
     parts = []
     for part in PARTS:
-        configs = list((Path(root) / part).glob("runs/*/*/seed_*/config.yaml"))
+        configs = [c for c in (Path(root) / part).glob("runs/*/*/seed_*/config.yaml") if ".stale-" not in c.parent.name]
         if configs:
             done = sum(
                 json.loads((c.parent / "status.json").read_text()).get("state") == "finished"
