@@ -127,8 +127,8 @@ def write_study_document(root: Path) -> Path:
     lines += [
         f"| all | {sum(count for count, _ in hours.values())} | {total:.1f} |",
         "",
-        f"Runs use one core each (one torch thread, envs in-process); the machine: {platform.machine()}, "
-        "2 cores, no GPU.",
+        "CPU hours are the runs' wall hours: a run uses about one core (one torch thread, envs in-process; "
+        f"the first calibration runs used subprocess envs). The machine: {platform.machine()}, 2 cores, no GPU.",
         "",
     ]
     if "calibration" in present:
