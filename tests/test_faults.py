@@ -33,6 +33,12 @@ def start_train(run_dir, flags, settings, **kwargs):
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def train_tiny(run_dir, *settings):
+    """80 PPO steps with a checkpoint every 40, as a finished run to break things in."""
+    flags = ["--algo", "ppo", "--steps", 80, "--n-envs", 1, "--run-dir", run_dir, "--no-progress"]
+    return run_agent("train", *flags, *TINY, "eval_freq=0", "save_freq=40", *settings)
+
+
 def wait_for(predicate, seconds=120):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -224,22 +230,7 @@ def test_a_stopped_comparison_leaves_no_run_behind_and_resumes(tmp_path, stop):
 
 def test_a_full_disk_keeps_every_earlier_result(tmp_path):
     run_dir = tmp_path / "run"
-    first = run_agent(
-        "train",
-        "--algo",
-        "ppo",
-        "--steps",
-        80,
-        "--n-envs",
-        1,
-        "--run-dir",
-        run_dir,
-        "--no-progress",
-        *TINY,
-        "eval_freq=0",
-        "save_freq=40",
-        "keep_checkpoints=5",
-    )
+    first = train_tiny(run_dir, "keep_checkpoints=5")
     assert first.returncode == 0, first.stderr
     (run_dir / "model.zip").unlink()
     (run_dir / "checkpoints" / "step_0000000080.zip").unlink()
@@ -267,28 +258,14 @@ def test_a_full_disk_keeps_every_earlier_result(tmp_path):
     for path, data in before.items():
         assert path.read_bytes() == data, path
     assert not list((run_dir / "checkpoints").glob(".*.tmp")), "a half-written temporary file was left"
-    assert len(pd.read_csv(run_dir / "monitor" / "0.monitor.csv", comment="#")) >= 0
+    assert len(pd.read_csv(run_dir / "monitor" / "0.monitor.csv", comment="#")) > 0
     assert run_agent("eval", run_dir, "--episodes", 1).returncode == 0
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    result = run_agent(
-        "train",
-        "--algo",
-        "ppo",
-        "--steps",
-        80,
-        "--n-envs",
-        1,
-        "--run-dir",
-        run_dir,
-        "--no-progress",
-        *TINY,
-        "eval_freq=0",
-        "save_freq=40",
-    )
+    result = train_tiny(run_dir)
     assert result.returncode == 0, result.stderr
     return run_dir
 
