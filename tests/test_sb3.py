@@ -307,3 +307,12 @@ def test_dict_model_loads_in_a_fresh_process_with_the_kwargs_it_was_made_with(tm
     assert result.returncode == 0, result.stderr
     horizon, *loaded = result.stdout.split()
     assert int(horizon) == CPC["horizon"] and list(map(int, loaded)) == list(actions)
+
+
+def test_a_dict_without_images_or_vectors_is_refused_with_a_reason():
+    class Empty(gym.Env):
+        observation_space = gym.spaces.Dict({})
+        action_space = gym.spaces.Discrete(2)
+
+    with pytest.raises(ValueError, match="CPC needs observations; got an empty Dict space"):
+        CPCPPO("MultiInputPolicy", DummyVecEnv([Empty]), n_steps=16, batch_size=16, cpc_kwargs=CPC)

@@ -51,6 +51,23 @@ def _cpc_policy_class(policy: Any, known: dict[Any, type]) -> type:
     )
 
 
+_FLAT_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def _check_observation_space(space: spaces.Space) -> None:
+    """Refuse what gives CPC no ``z_t``: an empty ``Dict``, or a ``Dict`` holding anything but images and vectors."""
+    if not isinstance(space, spaces.Dict):
+        return
+    if not space.spaces:
+        raise ValueError("CPC needs observations; got an empty Dict space")
+    other = {key: type(sub).__name__ for key, sub in space.spaces.items() if not isinstance(sub, _FLAT_SPACES)}
+    if other:
+        raise ValueError(
+            f"CPC takes a Dict of images and vectors (Box, Discrete, MultiDiscrete, MultiBinary); keys {other} "
+            "are not. Flatten them in a wrapper (e.g. gymnasium.wrappers.FlattenObservation) or set cpc_kwargs=None."
+        )
+
+
 class _CPCAlgorithmMixin:
     """Shared by the CPC algorithms: settings, logging of the CPC figures."""
 
@@ -62,6 +79,7 @@ class _CPCAlgorithmMixin:
         if self.cpc_kwargs is None:
             return None
         # z_t is the features extractor's output, a vector for every space SB3 takes.
+        _check_observation_space(self.observation_space)
         settings = resolve_cpc_kwargs(self.cpc_kwargs, self.action_space, self.n_steps, sequence_length)
         self.cpc_kwargs = settings
         self.policy_class = _cpc_policy_class(self.policy_class, known_policies)
