@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from experiments.config import RunError, RunFailed  # noqa: F401  (RunFailed: raised by users of this module)
+from experiments.config import RunError
 
 DISK_FULL_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
