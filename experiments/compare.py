@@ -28,7 +28,7 @@ import pandas as pd
 from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperparams
 from experiments.files import save_figure_atomically, write_text_atomically
 from experiments.runs import episode_curve, read_config, read_status
-from experiments.safety import sigterm_as_interrupt
+from experiments.safety import FolderLock, sigterm_as_interrupt
 from experiments.stats import bootstrap_ci, difference_ci, iqm
 
 # Arm kind -> the run's aux.
@@ -303,6 +303,9 @@ def _run_jobs_on_ray(jobs: list[Job], workers: int, threads: int) -> list[str]:
     # dies is retried (max_retries), and its command resumes from the run's checkpoint.
     @ray.remote(num_cpus=1, max_calls=1, max_retries=3)
     def run_remote(job: Job) -> tuple[Job, int, str]:
+        if job.run_dir.exists():
+            # A retry: the killed attempt's run may still be saving its checkpoint (it got SIGTERM).
+            FolderLock(job.run_dir, "training run").acquire(wait=300).release()
         return _run_job_locally(job, threads)
 
     try:

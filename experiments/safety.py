@@ -10,6 +10,7 @@ import fcntl
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ class NonFiniteError(RuntimeError):
     """A NaN or inf appeared; the message says where and at which step."""
 
 
+def _try_flock(handle: int) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 class FolderLock:
     """
     An exclusive lock on ``folder/name`` (``flock``), held while the process runs. The kernel
@@ -41,18 +50,23 @@ class FolderLock:
         self.what = what
         self._handle: int | None = None
 
-    def acquire(self) -> FolderLock:
+    def acquire(self, wait: float = 0.0) -> FolderLock:
+        """
+        :param wait: seconds to wait for a holder to let go (a stopped run still saving its checkpoint).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        deadline = time.monotonic() + wait
+        while not _try_flock(handle):
+            if time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
             holder = os.read(handle, 64).decode(errors="replace").strip() or "unknown"
             os.close(handle)
             raise RunError(
                 f"{self.path.parent} is in use by another {self.what} (pid {holder}); wait for it to end or stop it "
                 "(a process that crashed holds no lock)"
-            ) from None
+            )
         os.ftruncate(handle, 0)
         os.write(handle, str(os.getpid()).encode())
         self._handle = handle

@@ -276,3 +276,29 @@ def test_finite_numbers_pass_the_guard_also_when_a_cpc_step_has_no_pair():
     model.learn(120, callback=FiniteGuard())
     assert model.num_timesteps == 120 and np.isfinite(model.cpc_figures["train/cpc_loss"])
     assert np.isnan(model.cpc_figures["train/cpc_accuracy_k8"])
+
+
+def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "compare"
+    args = ["compare", "--env", "MiniWorld-Hallway-v0:1000", "--arm", "none", "--algo", "ppo", "--seeds", 1]
+    args += ["--workers", 1, "--n-envs", 1, "--backend", "ray", "--out", out, "--no-progress", *TINY]
+    args += ["eval_freq=0", "save_freq=80"]
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "run_agent.py"), *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run_dir = out / "runs" / "MiniWorld-Hallway-v0" / "none" / "seed_0"
+    assert wait_for(lambda: checkpoint_count(run_dir) > 0, seconds=300)
+    (training,) = training_processes(out)
+    ray_worker = training.parent()
+    assert "ray" in " ".join(ray_worker.cmdline()).lower()
+    ray_worker.kill()
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "finished" and status["num_timesteps"] >= 1000
+    assert len(list((run_dir / "logs").glob("segment_*"))) == 2, "the retry resumed rather than restarted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -203,10 +204,12 @@ class CPCRecurrentPPO(_CPCAlgorithmMixin, RecurrentPPO):
             RecurrentActorCriticCnnPolicy: CPCRecurrentActorCriticCnnPolicy,
             RecurrentMultiInputActorCriticPolicy: CPCRecurrentMultiInputActorCriticPolicy,
         }
-        if self._prepare_cpc(known, None) is None and self.policy_class in known:
+        piece_length = math.gcd(self.n_steps, self.batch_size)  # see SequenceRecurrentRolloutBuffer
+        if self._prepare_cpc(known, piece_length) is None and self.policy_class in known:
             self.policy_class = known[self.policy_class]  # the faster sequence path, no head
         super()._setup_model()
-        if self.cpc_kwargs is not None:
+        if isinstance(self.policy, CPCRecurrentActorCriticPolicy):
+            # Unpadded pieces: the policy's LSTM path resets at episode starts within a piece.
             buffer = self.rollout_buffer
             dict_observations = isinstance(self.observation_space, spaces.Dict)
             buffer_class = SequenceRecurrentDictRolloutBuffer if dict_observations else SequenceRecurrentRolloutBuffer
@@ -220,7 +223,8 @@ class CPCRecurrentPPO(_CPCAlgorithmMixin, RecurrentPPO):
                 gae_lambda=self.gae_lambda,
                 n_envs=self.n_envs,
             )
-            self.rollout_buffer.sequence_listener = self.policy.expect_sequences
+            if self.cpc_kwargs is not None:
+                self.rollout_buffer.sequence_listener = self.policy.expect_sequences
 
     def train(self) -> None:
         super().train()

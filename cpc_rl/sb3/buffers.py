@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
+from sb3_contrib.common.recurrent.type_aliases import (
+    RecurrentDictRolloutBufferSamples,
+    RecurrentRolloutBufferSamples,
+    RNNStates,
+)
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 
 from cpc_rl.sb3.policies import SequenceLayout
@@ -100,25 +107,98 @@ class SequenceDictRolloutBuffer(_SequenceSampling, DictRolloutBuffer):
             self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
 
 
-class _RecurrentLayoutListener:
-    """Tells ``sequence_listener`` each minibatch's padded layout (sb3-contrib's recurrent buffers)."""
+class _RecurrentPieceSampling:
+    """
+    Minibatches of sb3-contrib's recurrent buffers made of whole, unpadded pieces of each env's
+    rollout (``gcd(n_steps, batch_size)`` steps each, in shuffled order), with the LSTM states
+    stored at each piece's first step.
 
+    sb3-contrib cuts a minibatch at every episode start and pads each cut to the longest one, so
+    the encoder and the losses also run on padding (a third or more of the frames here). The
+    policy's LSTM path resets its state at episode starts inside a piece instead (see
+    :func:`cpc_rl.sequences.run_rnn_with_resets`): the same outputs, without padded frames.
+    Before each minibatch, ``sequence_listener`` (the policy's CPC) gets its layout.
+    """
+
+    _STATES = ("hidden_states_pi", "cell_states_pi", "hidden_states_vf", "cell_states_vf")
     sequence_listener: SequenceListener | None = None
-    seq_start_indices: np.ndarray
+    buffer_size: int
+    n_envs: int
+    full: bool
+    generator_ready: bool
+    device: torch.device
 
-    def _get_samples(self, batch_inds: np.ndarray, env_change: np.ndarray, env=None):
-        samples = super()._get_samples(batch_inds, env_change, env)
+    def _flatten_fields(self) -> None:
+        raise NotImplementedError
+
+    def _observations(self, indices: np.ndarray) -> torch.Tensor | dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def get(self, batch_size: int | None = None) -> Generator:
+        assert self.full, "the rollout buffer must be full before sampling from it"
+        total = self.buffer_size * self.n_envs
+        batch_size = batch_size or total
+        length = math.gcd(self.buffer_size, batch_size)
+        if not self.generator_ready:
+            for name in self._STATES:  # (n_steps, layers, n_envs, dim) -> (n_envs * n_steps, layers, dim)
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name].swapaxes(1, 2))
+            self._flatten_fields()
+            self.episode_starts = self.swap_and_flatten(self.episode_starts)
+            self.generator_ready = True
+        pieces = np.random.permutation(total // length)
+        per_batch = max(batch_size // length, 1)
+        for first in range(0, len(pieces), per_batch):
+            firsts = pieces[first : first + per_batch] * length
+            indices = (firsts[:, None] + np.arange(length)).reshape(-1)
+            yield self._piece_samples(indices, firsts, length)
+
+    def _piece_samples(self, indices: np.ndarray, firsts: np.ndarray, length: int) -> NamedTuple:
+        def states(network: str) -> tuple[torch.Tensor, torch.Tensor]:
+            # (pieces, layers, dim) -> (layers, pieces, dim), as nn.LSTM takes it
+            names = (f"hidden_states_{network}", f"cell_states_{network}")
+            return tuple(self.to_torch(self.__dict__[name][firsts].swapaxes(0, 1)).contiguous() for name in names)
+
+        episode_starts = self.episode_starts[indices]
         if self.sequence_listener is not None:
-            num_sequences = len(self.seq_start_indices)
-            # sb3-contrib pads sequence-major; padding counts as episode starts, so no CPC pair reaches into it.
-            padding = samples.mask.reshape(num_sequences, -1).T < 0.5
-            self.sequence_listener(SequenceLayout(num_sequences, padding.shape[0], padding))
-        return samples
+            starts = episode_starts.reshape(len(firsts), length).T != 0
+            self.sequence_listener(SequenceLayout(len(firsts), length, torch.as_tensor(starts, device=self.device)))
+        fields = dict(
+            observations=self._observations(indices),
+            actions=self.to_torch(self.actions[indices]),
+            old_values=self.to_torch(self.values[indices].flatten()),
+            old_log_prob=self.to_torch(self.log_probs[indices].flatten()),
+            advantages=self.to_torch(self.advantages[indices].flatten()),
+            returns=self.to_torch(self.returns[indices].flatten()),
+            lstm_states=RNNStates(states("pi"), states("vf")),
+            episode_starts=self.to_torch(episode_starts.flatten()),
+            mask=torch.ones(len(indices), device=self.device),
+        )
+        return self._samples_class(**fields)
 
 
-class SequenceRecurrentRolloutBuffer(_RecurrentLayoutListener, RecurrentRolloutBuffer):
-    """sb3-contrib's recurrent buffer that tells ``sequence_listener`` each minibatch's padded layout."""
+class SequenceRecurrentRolloutBuffer(_RecurrentPieceSampling, RecurrentRolloutBuffer):
+    """sb3-contrib's ``RecurrentRolloutBuffer`` whose minibatches are unpadded pieces of trajectories."""
+
+    _samples_class = RecurrentRolloutBufferSamples
+
+    def _flatten_fields(self) -> None:
+        for name in _FLATTENED:
+            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+
+    def _observations(self, indices: np.ndarray) -> torch.Tensor:
+        return self.to_torch(self.observations[indices])
 
 
-class SequenceRecurrentDictRolloutBuffer(_RecurrentLayoutListener, RecurrentDictRolloutBuffer):
+class SequenceRecurrentDictRolloutBuffer(_RecurrentPieceSampling, RecurrentDictRolloutBuffer):
     """:class:`SequenceRecurrentRolloutBuffer` for ``Dict`` observations."""
+
+    _samples_class = RecurrentDictRolloutBufferSamples
+
+    def _flatten_fields(self) -> None:
+        for key, observations in self.observations.items():
+            self.observations[key] = self.swap_and_flatten(observations)
+        for name in _FLATTENED[1:]:
+            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+
+    def _observations(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        return {key: self.to_torch(observations[indices]) for key, observations in self.observations.items()}
