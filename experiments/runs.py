@@ -38,6 +38,7 @@ from experiments.files import (
     write_yaml,
 )
 from experiments.safety import (
+    ActingThreads,
     FiniteGuard,
     FolderLock,
     NonFiniteError,
@@ -423,9 +424,11 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
         with sigterm_as_interrupt():
             if remaining > 0:
                 callbacks = [FiniteGuard(), ReleaseFreedMemory(), _RunCallback(run)]
+                callbacks += [ActingThreads(torch.get_num_threads())]
                 callbacks += [_ProgressCallback(run, progress_seconds)] if progress else []
                 model.learn(remaining, callback=callbacks, reset_num_timesteps=not resume)
             save_model_atomically(model, run_dir / "model.zip")
+            torch.set_num_threads(1)  # evaluating only acts (see ActingThreads)
             final = run.evaluate(model)
         run.write_status("finished", model.num_timesteps, final=final)
     except KeyboardInterrupt:

@@ -177,6 +177,29 @@ class ReleaseFreedMemory(BaseCallback):
         return True
 
 
+class ActingThreads(BaseCallback):
+    """
+    One torch thread while the policy acts, ``learner_threads`` while it trains. Acting runs the
+    networks on one frame per env: a second intra-op thread gains nothing there, and its
+    OpenMP spin-wait after each call takes the core from the env workers that step next.
+
+    :param learner_threads: torch threads for ``train()``.
+    """
+
+    def __init__(self, learner_threads: int) -> None:
+        super().__init__()
+        self.learner_threads = learner_threads
+
+    def _on_rollout_start(self) -> None:
+        torch.set_num_threads(1)
+
+    def _on_rollout_end(self) -> None:
+        torch.set_num_threads(self.learner_threads)
+
+    def _on_step(self) -> bool:
+        return True
+
+
 def dead_workers(vec_env: Any, wait_seconds: float = 2.0) -> list[tuple[int, int | None, int]]:
     """``(index, pid, exit code)`` of the subprocess env workers that have exited."""
     processes = getattr(vec_env, "processes", [])

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 from test_cli import REPO, TINY, assert_clean_error, run_agent
 
@@ -21,7 +23,7 @@ import envs
 from agents import make_agent
 from experiments.config import RunConfig, RunError
 from experiments.runs import Run
-from experiments.safety import FiniteGuard, FolderLock, NonFiniteError
+from experiments.safety import ActingThreads, FiniteGuard, FolderLock, NonFiniteError
 
 TINY_PPO = dict(n_steps=40, batch_size=40, cpc_kwargs={"horizon": 8, "sequence_length": 40})
 SMALL_POLICY = {"features_extractor_kwargs": {"features_dim": 32}}
@@ -276,6 +278,30 @@ def test_finite_numbers_pass_the_guard_also_when_a_cpc_step_has_no_pair():
     model.learn(120, callback=FiniteGuard())
     assert model.num_timesteps == 120 and np.isfinite(model.cpc_figures["train/cpc_loss"])
     assert np.isnan(model.cpc_figures["train/cpc_accuracy_k8"])
+
+
+def test_acting_uses_one_thread_and_training_the_learner_threads():
+    model = small_model(lambda: envs.make_env("MiniWorld-Hallway-v0"))
+    seen = {"acting": set(), "training": set()}
+    train = model.train
+
+    def recorded_train():
+        seen["training"].add(torch.get_num_threads())
+        train()
+
+    class Record(BaseCallback):
+        def _on_step(self):
+            seen["acting"].add(torch.get_num_threads())
+            return True
+
+    model.train = recorded_train
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model.learn(120, callback=[ActingThreads(2), Record()])
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"acting": {1}, "training": {2}}
 
 
 def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path):

@@ -15,6 +15,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import envs
 from agents import FrameEncoder, make_agent
 from cpc_rl.sb3 import CPCA2C, CPCPPO, CPCRecurrentPPO
+from cpc_rl.sequences import lstm_step
 
 SMALL = {"features_extractor_class": FrameEncoder, "features_extractor_kwargs": {"features_dim": 32}}
 CASES = {
@@ -112,6 +113,27 @@ def test_whole_sequence_lstm_path_equals_the_step_by_step_path():
     slow, _ = policy._process_sequence(features, states, starts, policy.lstm_actor)
     assert starts.reshape(num_sequences, length)[:, 1:].any()  # resets in mid-sequence
     assert torch.allclose(fast, slow, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_acting_one_step_equals_nn_lstm(layers):
+    lstm = torch.nn.LSTM(8, 16, num_layers=layers)
+    torch.manual_seed(layers)
+    inputs, state = torch.randn(5, 8), (torch.randn(layers, 5, 16), torch.randn(layers, 5, 16))
+    output, (hidden, cell) = lstm_step(lstm, inputs, state)
+    want, (want_hidden, want_cell) = lstm(inputs[None], state)
+    assert torch.allclose(output, want[0], atol=1e-6)
+    assert torch.allclose(hidden, want_hidden, atol=1e-6) and torch.allclose(cell, want_cell, atol=1e-6)
+    # Through the policy, with episode starts zeroing the state, as sb3-contrib's step does.
+    policy = build("recurrent_ppo", None).policy
+    features = torch.randn(3, policy.features_dim)
+    shape = (1, 3, policy.lstm_actor.hidden_size)
+    states, starts = (torch.randn(shape), torch.randn(shape)), torch.tensor([0.0, 1.0, 0.0])
+    ours, (ours_hidden, _) = policy._process_sequence(features, states, starts, policy.lstm_actor)
+    theirs, (theirs_hidden, _) = RecurrentPPO.policy_aliases["CnnLstmPolicy"]._process_sequence(
+        features, states, starts, policy.lstm_actor
+    )
+    assert torch.allclose(ours, theirs, atol=1e-6) and torch.allclose(ours_hidden, theirs_hidden, atol=1e-6)
 
 
 @pytest.mark.parametrize("algo", list(CASES))

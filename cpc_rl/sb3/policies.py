@@ -23,7 +23,7 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticP
 from torch import nn
 
 from cpc_rl.head import CPCHead, CPCOutput
-from cpc_rl.sequences import run_rnn_with_resets
+from cpc_rl.sequences import lstm_step, run_rnn_with_resets
 
 
 class _AddLossGradient(torch.autograd.Function):
@@ -212,6 +212,10 @@ class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy)
         lstm: nn.LSTM,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         if not self._whole_sequences:
+            if features.shape[0] == lstm_states[0].shape[1]:  # one step per env: acting
+                keep = (1.0 - episode_starts).view(1, -1, 1)
+                output, state = lstm_step(lstm, features, (lstm_states[0] * keep, lstm_states[1] * keep))
+                return output, state
             return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
         num_sequences = lstm_states[0].shape[1]
         layout = SequenceLayout(num_sequences, features.shape[0] // num_sequences, episode_starts)
