@@ -31,7 +31,8 @@ def test_zoo_files_are_the_presets():
     for name, text in zoo_files().items():
         assert (ZOO_FOLDER / name).read_text() == text, f"{name} is stale: run python -m agents.zoo"
     entry = yaml.safe_load((ZOO_FOLDER / "cpc_ppo_lstm.yml").read_text())["MiniWorld-SignMemory-v0"]
-    assert entry["policy"] == "CnnLstmPolicy" and entry["n_steps"] == 100 and entry["cpc_kwargs"]["horizon"] == 30
+    assert entry["policy"] == "CnnLstmPolicy" and entry["n_steps"] == 100
+    assert entry["cpc_kwargs"]["horizon"] == 8 and entry["cpc_kwargs"]["coef"] == 0.1  # the pilot's choice
 
 
 def test_train_resume_enjoy_and_record_through_the_zoo(tmp_path):
