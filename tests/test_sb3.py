@@ -15,6 +15,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import envs
 from agents import FrameEncoder, make_agent
 from cpc_rl.sb3 import CPCA2C, CPCPPO, CPCRecurrentPPO
+from cpc_rl.sb3.buffers import piece_length
 from cpc_rl.sequences import lstm_step
 
 SMALL = {"features_extractor_class": FrameEncoder, "features_extractor_kwargs": {"features_dim": 32}}
@@ -96,6 +97,14 @@ def test_recurrent_minibatches_are_unpadded_pieces_with_their_stored_states():
         assert torch.equal(batch.lstm_states.pi[0][:, 0], torch.as_tensor(buffer.hidden_states_pi[first]))
         assert torch.equal(batch.episode_starts, torch.as_tensor(buffer.episode_starts[first : first + 12]).flatten())
     assert seen == {0, 1, 2}, "each env's piece appears once per epoch"
+
+
+def test_recurrent_piece_length_fits_the_minibatch_and_one_batch_takes_whole_columns():
+    assert piece_length(100, 4, 200) == 100 and piece_length(128, 8, 64) == 64
+    assert piece_length(100, 4, 512) == 100, "a minibatch larger than the rollout takes whole columns"
+    assert piece_length(20, 2, 6) == 2
+    with pytest.raises(ValueError, match="sequence length of a minibatch"):
+        build("recurrent_ppo", {"horizon": 4}, n_steps=12, batch_size=9)  # pieces of 3 steps
 
 
 def test_whole_sequence_lstm_path_equals_the_step_by_step_path():

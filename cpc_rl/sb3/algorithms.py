@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -18,6 +17,7 @@ from cpc_rl.sb3.buffers import (
     SequenceRecurrentDictRolloutBuffer,
     SequenceRecurrentRolloutBuffer,
     SequenceRolloutBuffer,
+    piece_length,
 )
 from cpc_rl.sb3.config import resolve_cpc_kwargs
 from cpc_rl.sb3.policies import (
@@ -204,8 +204,8 @@ class CPCRecurrentPPO(_CPCAlgorithmMixin, RecurrentPPO):
             RecurrentActorCriticCnnPolicy: CPCRecurrentActorCriticCnnPolicy,
             RecurrentMultiInputActorCriticPolicy: CPCRecurrentMultiInputActorCriticPolicy,
         }
-        piece_length = math.gcd(self.n_steps, self.batch_size)  # see SequenceRecurrentRolloutBuffer
-        if self._prepare_cpc(known, piece_length) is None and self.policy_class in known:
+        pieces = piece_length(self.n_steps, self.n_envs, self.batch_size)  # see SequenceRecurrentRolloutBuffer
+        if self._prepare_cpc(known, pieces) is None and self.policy_class in known:
             self.policy_class = known[self.policy_class]  # the faster sequence path, no head
         super()._setup_model()
         if isinstance(self.policy, CPCRecurrentActorCriticPolicy):

@@ -107,10 +107,16 @@ class SequenceDictRolloutBuffer(_SequenceSampling, DictRolloutBuffer):
             self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
 
 
+def piece_length(n_steps: int, n_envs: int, batch_size: int) -> int:
+    """Steps per piece of a recurrent minibatch: ``gcd(n_steps, batch_size)``, or all of
+    ``n_steps`` when one minibatch takes the whole rollout."""
+    return n_steps if batch_size >= n_steps * n_envs else math.gcd(n_steps, batch_size)
+
+
 class _RecurrentPieceSampling:
     """
     Minibatches of sb3-contrib's recurrent buffers made of whole, unpadded pieces of each env's
-    rollout (``gcd(n_steps, batch_size)`` steps each, in shuffled order), with the LSTM states
+    rollout (:func:`piece_length` steps each, in shuffled order), with the LSTM states
     stored at each piece's first step.
 
     sb3-contrib cuts a minibatch at every episode start and pads each cut to the longest one, so
@@ -138,7 +144,7 @@ class _RecurrentPieceSampling:
         assert self.full, "the rollout buffer must be full before sampling from it"
         total = self.buffer_size * self.n_envs
         batch_size = batch_size or total
-        length = math.gcd(self.buffer_size, batch_size)
+        length = piece_length(self.buffer_size, self.n_envs, batch_size)
         if not self.generator_ready:
             for name in self._STATES:  # (n_steps, layers, n_envs, dim) -> (n_envs * n_steps, layers, dim)
                 self.__dict__[name] = self.swap_and_flatten(self.__dict__[name].swapaxes(1, 2))
