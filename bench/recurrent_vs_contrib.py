@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
 import torch
+from pipeline import end_to_end, learner_only
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -76,18 +76,11 @@ def miniworld_models(env_id: str) -> dict[str, Callable]:
 
 
 def rates(make_model: Callable, steps: int, train_calls: int) -> tuple[float, float]:
-    """Steps/s of ``learn`` and of ``train()`` alone, from a fresh model after one warm-up rollout."""
+    """Steps/s of ``learn`` and of ``train()`` alone, from a fresh model (see bench/pipeline.py)."""
     model = make_model()
     model.set_logger(configure(None, []))
-    rollout = model.n_steps * model.n_envs
-    model.learn(rollout)
-    start = time.perf_counter()
-    for _ in range(train_calls):
-        model.train()
-    learner = train_calls * rollout / (time.perf_counter() - start)
-    start = time.perf_counter()
-    model.learn(steps, reset_num_timesteps=False)
-    return steps / (time.perf_counter() - start), learner
+    learner = learner_only(model, train_calls)  # after one warm-up rollout and update
+    return end_to_end(model, steps), learner
 
 
 def main() -> None:

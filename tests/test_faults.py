@@ -35,6 +35,12 @@ def start_train(run_dir, flags, settings, **kwargs):
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def start_run_agent(args):
+    """``run_agent.py ARGS`` in the background, its output captured."""
+    command = [sys.executable, str(REPO / "run_agent.py"), *map(str, args)]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def train_tiny(run_dir, *settings):
     """80 PPO steps with a checkpoint every 40, as a finished run to break things in."""
     flags = ["--algo", "ppo", "--steps", 80, "--n-envs", 1, "--run-dir", run_dir, "--no-progress"]
@@ -207,13 +213,7 @@ def test_a_stopped_comparison_leaves_no_run_behind_and_resumes(tmp_path, stop):
         "eval_freq=0",
         "save_freq=80",
     ]
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "run_agent.py"), *map(str, args)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run_agent(args)
     run_dirs = [out / "runs" / "MiniWorld-Hallway-v0" / arm / "seed_0" for arm in ("none", "cpc")]
     assert wait_for(lambda: all(checkpoint_count(run_dir) > 0 for run_dir in run_dirs))
     process.send_signal(stop)
@@ -310,13 +310,7 @@ def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path):
     args = ["compare", "--env", "MiniWorld-Hallway-v0:1000", "--arm", "none", "--algo", "ppo", "--seeds", 1]
     args += ["--workers", 1, "--n-envs", 1, "--backend", "ray", "--out", out, "--no-progress", *TINY]
     args += ["eval_freq=0", "save_freq=80"]
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "run_agent.py"), *map(str, args)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run_agent(args)
     run_dir = out / "runs" / "MiniWorld-Hallway-v0" / "none" / "seed_0"
     assert wait_for(lambda: checkpoint_count(run_dir) > 0, seconds=300)
     (training,) = training_processes(out)

@@ -23,6 +23,30 @@ SequenceListener = Callable[[SequenceLayout], None]
 _FLATTENED = ("observations", "actions", "values", "log_probs", "advantages", "returns")
 
 
+class _BoxFields:
+    """Env-major flattening (``e * n_steps + t``, as SB3's ``get`` does) of a Box-observation buffer."""
+
+    def _flatten_fields(self) -> None:
+        for name in _FLATTENED:
+            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+
+    def _observations(self, indices: np.ndarray) -> torch.Tensor:
+        return self.to_torch(self.observations[indices])
+
+
+class _DictFields:
+    """:class:`_BoxFields` for ``Dict`` observations."""
+
+    def _flatten_fields(self) -> None:
+        for key, observations in self.observations.items():
+            self.observations[key] = self.swap_and_flatten(observations)
+        for name in _FLATTENED[1:]:
+            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+
+    def _observations(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        return {key: self.to_torch(observations[indices]) for key, observations in self.observations.items()}
+
+
 class _SequenceSampling:
     """
     Minibatches made of time-contiguous pieces of the envs' trajectories (``sequence_length``
@@ -46,10 +70,6 @@ class _SequenceSampling:
             )
         self.sequence_listener: SequenceListener | None = None
 
-    def _flatten(self) -> None:
-        """Make every field env-major, as the parent's ``get`` does: sample ``e * n_steps + t``."""
-        raise NotImplementedError
-
     def get(self, batch_size: int | None = None) -> Generator:
         assert self.full, "the rollout buffer must be full before sampling from it"
         length = self.sequence_length
@@ -62,7 +82,7 @@ class _SequenceSampling:
             )
         starts_by_env = self.episode_starts.T.copy()  # (n_envs, n_steps), before flattening
         if not self.generator_ready:
-            self._flatten()
+            self._flatten_fields()
             self.generator_ready = True
         pieces = np.random.permutation(total // length)
         per_batch = batch_size // length
@@ -77,7 +97,7 @@ class _SequenceSampling:
             yield self._get_samples(indices)
 
 
-class SequenceRolloutBuffer(_SequenceSampling, RolloutBuffer):
+class SequenceRolloutBuffer(_BoxFields, _SequenceSampling, RolloutBuffer):
     """
     A ``RolloutBuffer`` whose minibatches are time-contiguous pieces of trajectories.
 
@@ -88,23 +108,13 @@ class SequenceRolloutBuffer(_SequenceSampling, RolloutBuffer):
         super().__init__(*args, **kwargs)
         self._init_sequences(sequence_length)
 
-    def _flatten(self) -> None:
-        for name in _FLATTENED:
-            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
 
-
-class SequenceDictRolloutBuffer(_SequenceSampling, DictRolloutBuffer):
+class SequenceDictRolloutBuffer(_DictFields, _SequenceSampling, DictRolloutBuffer):
     """:class:`SequenceRolloutBuffer` for ``Dict`` observations (SB3's ``DictRolloutBuffer``)."""
 
     def __init__(self, *args, sequence_length: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_sequences(sequence_length)
-
-    def _flatten(self) -> None:
-        for key, observations in self.observations.items():
-            self.observations[key] = self.swap_and_flatten(observations)
-        for name in _FLATTENED[1:]:
-            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
 
 
 def piece_length(n_steps: int, n_envs: int, batch_size: int) -> int:
@@ -133,12 +143,6 @@ class _RecurrentPieceSampling:
     full: bool
     generator_ready: bool
     device: torch.device
-
-    def _flatten_fields(self) -> None:
-        raise NotImplementedError
-
-    def _observations(self, indices: np.ndarray) -> torch.Tensor | dict[str, torch.Tensor]:
-        raise NotImplementedError
 
     def get(self, batch_size: int | None = None) -> Generator:
         assert self.full, "the rollout buffer must be full before sampling from it"
@@ -182,29 +186,13 @@ class _RecurrentPieceSampling:
         return self._samples_class(**fields)
 
 
-class SequenceRecurrentRolloutBuffer(_RecurrentPieceSampling, RecurrentRolloutBuffer):
+class SequenceRecurrentRolloutBuffer(_BoxFields, _RecurrentPieceSampling, RecurrentRolloutBuffer):
     """sb3-contrib's ``RecurrentRolloutBuffer`` whose minibatches are unpadded pieces of trajectories."""
 
     _samples_class = RecurrentRolloutBufferSamples
 
-    def _flatten_fields(self) -> None:
-        for name in _FLATTENED:
-            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
 
-    def _observations(self, indices: np.ndarray) -> torch.Tensor:
-        return self.to_torch(self.observations[indices])
-
-
-class SequenceRecurrentDictRolloutBuffer(_RecurrentPieceSampling, RecurrentDictRolloutBuffer):
+class SequenceRecurrentDictRolloutBuffer(_DictFields, _RecurrentPieceSampling, RecurrentDictRolloutBuffer):
     """:class:`SequenceRecurrentRolloutBuffer` for ``Dict`` observations."""
 
     _samples_class = RecurrentDictRolloutBufferSamples
-
-    def _flatten_fields(self) -> None:
-        for key, observations in self.observations.items():
-            self.observations[key] = self.swap_and_flatten(observations)
-        for name in _FLATTENED[1:]:
-            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
-
-    def _observations(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        return {key: self.to_torch(observations[indices]) for key, observations in self.observations.items()}

@@ -214,8 +214,7 @@ class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy)
         if not self._whole_sequences:
             if features.shape[0] == lstm_states[0].shape[1]:  # one step per env: acting
                 keep = (1.0 - episode_starts).view(1, -1, 1)
-                output, state = lstm_step(lstm, features, (lstm_states[0] * keep, lstm_states[1] * keep))
-                return output, state
+                return lstm_step(lstm, features, (lstm_states[0] * keep, lstm_states[1] * keep))
             return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
         num_sequences = lstm_states[0].shape[1]
         layout = SequenceLayout(num_sequences, features.shape[0] // num_sequences, episode_starts)
