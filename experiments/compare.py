@@ -146,8 +146,9 @@ def plan_jobs(
     per_run: dict[str, int] | None = None,
 ) -> list[Job]:
     """
-    Every (env, seed, arm) of the comparison, seed by seed so that a comparison stopped half-way
-    holds every arm at the seeds it did; each config is checked. Nothing is written.
+    Every (seed, env, arm) of the comparison, seed by seed across all tasks, so that a comparison
+    stopped half-way holds every arm of every task at the seeds it did; each config is checked.
+    Nothing is written.
 
     :param budgets: env id -> env steps per run.
     :param per_run: run settings spaced by the budget, e.g. ``{"eval_freq": 4}`` evaluates 4 times per run.
@@ -156,8 +157,8 @@ def plan_jobs(
     if len(set(names)) != len(names):
         raise RunError(f"arms must differ; got {names}")
     jobs = []
-    for env_id, steps in budgets.items():
-        for seed in seeds:
+    for seed in seeds:
+        for env_id, steps in budgets.items():
             for arm in arms:
                 cpc_kwargs = {**base.cpc_kwargs, **arm.cpc_kwargs} if arm.aux != "none" else {}
                 config = RunConfig(**{**base.to_dict(), "env": env_id, "aux": arm.aux, "seed": seed, "steps": steps})
