@@ -150,9 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", default=None)
     report.add_argument("--title", default=None)
 
-    probe = commands.add_parser("probe", help="linear probes of a trained agent's z_t and c_t")
-    probe.add_argument("run_dir", type=Path)
-    probe.add_argument("--episodes", type=int, default=20)
+    probe = commands.add_parser(
+        "probe",
+        help="linear probes of a trained agent's z_t and c_t; given a comparison folder, of each finished run",
+    )
+    probe.add_argument("run_dir", type=Path, help="a run, or a comparison folder (one holding runs/)")
+    probe.add_argument("--episodes", type=int, default=50)
+    probe.add_argument("--again", action="store_true", help="in a comparison folder, probe runs already probed too")
 
     representation = commands.add_parser(
         "representation", help="the CPC paper's protocol on MiniWorld: CPC vs random/CPC|A/supervised, probed"
@@ -340,8 +344,14 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_probe(args: argparse.Namespace) -> int:
-    from experiments.representation import probe_run
+    from experiments.representation import probe_comparison, probe_run
 
+    if (args.run_dir / "runs").is_dir():
+        probed, no_model = probe_comparison(args.run_dir, args.episodes, args.again)
+        print(f"probed {len(probed)} runs of {args.run_dir} (probe/ in each run; `report` puts them in the tables)")
+        if no_model:
+            print(f"{len(no_model)} finished runs have no model.zip (models are not committed): not probed")
+        return 0
     out = probe_run(args.run_dir, args.episodes)
     print((out / "probe.md").read_text())
     print(f"written: {out / 'probe.md'}, {out / 'probe.csv'}, {out / 'probe.png'}")

@@ -5,6 +5,7 @@ every ``--eval-every`` updates as a run does, and prints RSS after each update a
 per 100 updates of a line fitted to the second half (the first updates allocate for good).
 
     python bench/memory.py [--env MiniWorld-Hallway-v0 --updates 60 --eval-every 10 --vec-env subproc]
+    python bench/memory.py --minutes 60     # the 1-hour run: stops after an hour, whatever the update count
 """
 
 from __future__ import annotations
@@ -27,24 +28,30 @@ MB = 1024**2
 
 
 class _RssPerUpdate(BaseCallback):
-    def __init__(self, config: RunConfig, eval_every: int) -> None:
+    def __init__(self, config: RunConfig, eval_every: int, minutes: float | None = None) -> None:
         super().__init__()
         self.config, self.eval_every = config, eval_every
         self.main: list[float] = []
         self.workers: list[float] = []
+        self.hours: list[float] = []
         self.updates = 0
+        self.episodes = 0
+        self.start = time.monotonic()
+        self.deadline = self.start + minutes * 60 if minutes else float("inf")
 
     def _on_rollout_start(self) -> None:
         process = psutil.Process()
         self.main.append(process.memory_info().rss / MB)
         children = process.children(recursive=True)
         self.workers.append(max((child.memory_info().rss / MB for child in children), default=0.0))
+        self.hours.append((time.monotonic() - self.start) / 3600)
         self.updates += 1
         if self.eval_every and self.updates % self.eval_every == 0:
             run_episodes(self.model, self.config, 5, seed=self.updates)
 
     def _on_step(self) -> bool:
-        return True
+        self.episodes += int(self.locals["dones"].sum())
+        return time.monotonic() < self.deadline
 
 
 def slope_per_100(values: list[float]) -> float:
@@ -54,11 +61,19 @@ def slope_per_100(values: list[float]) -> float:
     return float(np.polyfit(np.arange(len(half)), half, 1)[0] * 100)
 
 
+def slope_per_hour(values: list[float], hours: list[float]) -> float:
+    half = len(values) // 2
+    if len(values) - half < 2:
+        return float("nan")
+    return float(np.polyfit(hours[half:], values[half:], 1)[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="MiniWorld-Hallway-v0")
     parser.add_argument("--algo", default="recurrent_ppo")
     parser.add_argument("--updates", type=int, default=60)
+    parser.add_argument("--minutes", type=float, default=None, help="stop after this wall time, not --updates")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--vec-env", default="subproc", choices=("subproc", "dummy"))
     parser.add_argument("--no-trim", action="store_true", help="without ReleaseFreedMemory, as before the fix")
@@ -67,22 +82,29 @@ def main() -> None:
     vec = envs.make_vec_env(args.env, config.num_envs, vec_env=args.vec_env)
     model = make_agent(args.algo, vec, aux="cpc", seed=0)
     model.set_logger(configure(None, []))
-    probe = _RssPerUpdate(config, args.eval_every)
+    probe = _RssPerUpdate(config, args.eval_every, args.minutes)
+    updates = 10**9 if args.minutes else args.updates
     start = time.perf_counter()
     callbacks = [probe] if args.no_trim else [ReleaseFreedMemory(), probe]
-    model.learn(args.updates * model.n_steps * model.n_envs, callback=callbacks)
+    model.learn(updates * model.n_steps * model.n_envs, callback=callbacks)
     vec.close()
     print(
-        f"{args.env}, {args.algo} + CPC, {args.updates} updates ({model.num_timesteps} steps, "
+        f"{args.env}, {args.algo} + CPC, {probe.updates} updates ({model.num_timesteps} steps, "
+        f"{probe.episodes} episodes, "
         f"{time.perf_counter() - start:.0f} s), evaluation every {args.eval_every} updates, {args.vec_env} envs, "
         f"{'without' if args.no_trim else 'with'} ReleaseFreedMemory"
     )
-    print("| process | RSS after update 1 (MB) | RSS at the end (MB) | growth per 100 updates, 2nd half (MB) |")
-    print("|---|---|---|---|")
-    print(f"| trainer | {probe.main[0]:.0f} | {probe.main[-1]:.0f} | {slope_per_100(probe.main):+.1f} |")
-    if any(probe.workers):
-        first, last, slope = probe.workers[0], probe.workers[-1], slope_per_100(probe.workers)
-        print(f"| largest env worker | {first:.0f} | {last:.0f} | {slope:+.1f} |")
+    print(
+        "| process | RSS after update 1 (MB) | RSS at the end (MB) | growth per 100 updates, 2nd half (MB) "
+        "| growth per hour, 2nd half (MB) |"
+    )
+    print("|---|---|---|---|---|")
+    rows = [("trainer", probe.main)] + ([("largest env worker", probe.workers)] if any(probe.workers) else [])
+    for name, values in rows:
+        print(
+            f"| {name} | {values[0]:.0f} | {values[-1]:.0f} | {slope_per_100(values):+.1f} "
+            f"| {slope_per_hour(values, probe.hours):+.1f} |"
+        )
     print("RSS per update:", " ".join(f"{value:.0f}" for value in probe.main))
 
 

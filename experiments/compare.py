@@ -342,6 +342,20 @@ def cpc_figures(run_dir: Path, last_fraction: float = 0.1) -> dict[str, float]:
     }
 
 
+# What reports show of a run's probes (``run_agent.py probe``): where the agent is and which way it faces, from c_t.
+PROBED_TARGETS = ("position", "heading", "heading_sector")
+
+
+def probe_scores(run_dir: Path) -> dict[str, float]:
+    """The probes of a run's context ``c_t`` (position and heading R², heading-sector accuracy), if it was probed."""
+    path = Path(run_dir) / "probe" / "probe.csv"
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path)
+    of_c = table[table["features"] == "c"].set_index("target")["score"]
+    return {f"probe_c_{target}": float(of_c[target]) for target in PROBED_TARGETS if target in of_c}
+
+
 def run_scores(job: Job) -> dict[str, Any] | None:
     """
     Scores of a finished run: final evaluation return and success, the area under the training
@@ -364,6 +378,7 @@ def run_scores(job: Job) -> dict[str, Any] | None:
         "auc": float(np.nanmean(curve)) if not np.isnan(curve).all() else float("nan"),
         "steps": int(evaluations["step"].iloc[-1]),
         **cpc_figures(job.run_dir),
+        **probe_scores(job.run_dir),
         "train_seconds": status.get("train_seconds", float("nan")),
         "eval_seconds": status.get("eval_seconds", float("nan")),
     }
@@ -378,8 +393,8 @@ def env_table(scores: pd.DataFrame, env_id: str, arms: list[str], baseline: str)
     of_env = scores[scores["env"] == env_id]
     rows = [
         "| arm | seeds | final return, mean [95% CI] | final return, IQM | AUC, mean [95% CI] | AUC, IQM "
-        "| final success | CPC acc. k=1 | CPC acc. k=K | MI bound (nats) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| final success | CPC acc. k=1 | CPC acc. k=K | MI bound (nats) | probe c→position R² | probe c→heading R² |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in arms:
         group = of_env[of_env["arm"] == arm]
@@ -387,7 +402,7 @@ def env_table(scores: pd.DataFrame, env_id: str, arms: list[str], baseline: str)
             continue
         cpc = [
             f"{group[key].mean():.3f}" if key in group and group[key].notna().any() else "–"
-            for key in ("cpc_accuracy_k1", "cpc_accuracy_kK", "cpc_mi_bound")
+            for key in ("cpc_accuracy_k1", "cpc_accuracy_kK", "cpc_mi_bound", "probe_c_position", "probe_c_heading")
         ]
         rows.append(
             f"| {arm} | {len(group)} | {_format(*bootstrap_ci(group['final_return']))} | "

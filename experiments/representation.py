@@ -353,7 +353,7 @@ All rows: [representation.csv](representation.csv).
     return path
 
 
-def probe_run(run_dir: Path, episodes: int = 20, seed: int = 30_000) -> Path:
+def probe_run(run_dir: Path, episodes: int = 50, seed: int = 30_000) -> Path:
     """
     Probe a trained agent: roll it out, probe its encoder output ``z_t`` and its context ``c_t``
     (the actor LSTM, or the CPC head's GRU of feed-forward agents), write ``probe/``.
@@ -389,6 +389,29 @@ def probe_run(run_dir: Path, episodes: int = 20, seed: int = 30_000) -> Path:
     write_text_atomically(out / "probe.md", "\n".join(lines) + "\n")
     _plot_probe(pivot, out / "probe.png", f"{run_dir.name}: linear probes")
     return out
+
+
+def probe_comparison(out_dir: Path, episodes: int = 50, again: bool = False) -> tuple[list[Path], list[Path]]:
+    """
+    Probe every finished run of a comparison folder that has no ``probe/probe.csv`` yet (all of them
+    with ``again``). Models are not committed, so a run finished on another machine is skipped.
+
+    :return: the runs probed, and the finished runs skipped for want of a model.
+    """
+    from tqdm import tqdm
+
+    from experiments.compare import find_jobs
+
+    finished = [job.run_dir for job in find_jobs(out_dir) if job.finished]
+    todo = [run_dir for run_dir in finished if again or not (run_dir / "probe" / "probe.csv").is_file()]
+    probed, no_model = [], []
+    for run_dir in tqdm(todo, desc="probes", disable=not todo):
+        if not (run_dir / "model.zip").is_file():
+            no_model.append(run_dir)
+            continue
+        probe_run(run_dir, episodes)
+        probed.append(run_dir)
+    return probed, no_model
 
 
 def _plot_probe(pivot: pd.DataFrame, path: Path, title: str) -> None:

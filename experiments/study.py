@@ -171,16 +171,26 @@ def write_study_document(root: Path) -> Path:
 
 
 def _summary_table(scores_path: Path) -> str:
-    """Per task and arm: seeds, IQM of the final return and of the AUC, final success, CPC accuracy at k=1."""
+    """
+    Per task and arm: seeds, mean final return, AUC and success, CPC accuracy at k=1, and the probes
+    of ``c_t`` (position and heading R², over the probed seeds).
+    """
     scores = pd.read_csv(scores_path)
-    rows = ["| task | arm | seeds | final return (mean) | AUC (mean) | final success | CPC acc. k=1 |"]
-    rows.append("|---|---|---|---|---|---|---|")
+    rows = [
+        "| task | arm | seeds | final return (mean) | AUC (mean) | final success | CPC acc. k=1 "
+        "| probe c→position R² | probe c→heading R² |"
+    ]
+    rows.append("|---|---|---|---|---|---|---|---|---|")
+
+    def mean_of(group: pd.DataFrame, key: str) -> str:
+        values = group.get(key, pd.Series(dtype=float))
+        return f"{values.mean():.2f}" if values.notna().any() else "–"
+
     for (env_id, arm), group in scores.groupby(["env", "arm"], sort=False):
-        accuracy = group.get("cpc_accuracy_k1", pd.Series(dtype=float))
-        cpc = f"{accuracy.mean():.2f}" if accuracy.notna().any() else "–"
+        figures = " | ".join(mean_of(group, key) for key in ("cpc_accuracy_k1", "probe_c_position", "probe_c_heading"))
         rows.append(
             f"| {env_id.removeprefix('MiniWorld-')} | {arm} | {len(group)} | {group['final_return'].mean():.3f} | "
-            f"{group['auc'].mean():.3f} | {group['final_success'].mean():.2f} | {cpc} |"
+            f"{group['auc'].mean():.3f} | {group['final_success'].mean():.2f} | {figures} |"
         )
     return "\n".join(rows)
 

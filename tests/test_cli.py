@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -204,6 +205,18 @@ def test_compare_arms_write_tables_and_curves_and_skip_finished_runs(tmp_path):
     rebuilt = run_agent("report", out, "--baseline", "control")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (out / "report" / "README.md").read_text() == report
+    # Probes of every finished run, then in the report's scores; a run without its model is skipped, not lost.
+    (runs / "control" / "seed_8" / "model.zip").unlink()
+    probed = run_agent("probe", out, "--episodes", 3)
+    assert probed.returncode == 0, probed.stderr
+    assert "probed 3 runs" in probed.stdout and "1 finished runs have no model.zip" in probed.stdout
+    assert (runs / "control" / "seed_7" / "probe" / "probe.csv").is_file()
+    assert not (runs / "control" / "seed_8" / "probe").exists()
+    assert run_agent("report", out, "--baseline", "control").returncode == 0
+    scores = pd.read_csv(out / "report" / "scores.csv").set_index(["arm", "seed"])
+    assert scores["probe_c_position"].notna().sum() == 3 and scores["probe_c_position"].dropna().le(1).all()
+    assert np.isnan(scores.loc[("control", 8), "probe_c_position"])
+    assert "probe c→position R²" in (out / "report" / "README.md").read_text()
 
 
 def test_compare_refuses_bad_arms_before_any_run(tmp_path):

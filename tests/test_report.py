@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from experiments.compare import Arm, find_jobs, parse_arm, training_curve, write_report
+from experiments.compare import Arm, find_jobs, parse_arm, plan_jobs, training_curve, write_report
 from experiments.config import RunConfig, RunError
 from experiments.stats import difference_ci, iqm
 
@@ -115,3 +115,13 @@ def test_arms_have_readable_distinct_names():
     ]:
         with pytest.raises(RunError, match=message):
             parse_arm(bad)
+
+
+def test_runs_are_planned_seed_by_seed_across_tasks(tmp_path):
+    budgets = {"MiniWorld-Hallway-v0": 1000, "MiniWorld-OneRoomS6Fast-v0": 2000}
+    arms = [parse_arm("none"), parse_arm("cpc")]
+    jobs = plan_jobs(RunConfig(algo="recurrent_ppo"), budgets, arms, [3, 4], tmp_path)
+    order = [(job.config.seed, job.config.env, job.arm) for job in jobs]
+    # A study stopped after 4 runs holds every task and arm at seed 3, not one task at every seed.
+    assert order[:4] == [(3, env_id, arm) for env_id in budgets for arm in ("none", "cpc")]
+    assert [job.config.steps for job in jobs[:4]] == [1000, 1000, 2000, 2000] and len(set(order)) == 8
