@@ -103,7 +103,7 @@ def test_recurrent_piece_length_fits_the_minibatch_and_one_batch_takes_whole_col
     assert piece_length(100, 4, 200) == 100 and piece_length(128, 8, 64) == 64
     assert piece_length(100, 4, 512) == 100, "a minibatch larger than the rollout takes whole columns"
     assert piece_length(20, 2, 6) == 2
-    with pytest.raises(ValueError, match="sequence length of a minibatch"):
+    with pytest.raises(ValueError, match=r"sequence length of a minibatch \(3\).*gcd\(n_steps=12, batch_size=9\) = 3"):
         build("recurrent_ppo", {"horizon": 4}, n_steps=12, batch_size=9)  # pieces of 3 steps
 
 
@@ -267,7 +267,7 @@ def test_action_conditioned_needs_discrete_actions():
 
 
 def test_ppo_horizon_must_fit_the_minibatch_sequences():
-    with pytest.raises(ValueError, match="sequence length of a minibatch"):
+    with pytest.raises(ValueError, match="sequence length of a minibatch.*It is cpc_kwargs\\['sequence_length'\\]"):
         build("ppo", {"horizon": 8, "sequence_length": 6})
     with pytest.raises(ValueError, match="must be a multiple of the CPC sequence length"):
         build("ppo", {"horizon": 3, "sequence_length": 5})

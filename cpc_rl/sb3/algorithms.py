@@ -75,13 +75,21 @@ class _CPCAlgorithmMixin:
     cpc_kwargs: dict[str, Any] | None
     cpc_figures: dict[str, float] = {}  # the last update's, as logged
 
-    def _prepare_cpc(self, known_policies: dict[Any, type], sequence_length: int | None) -> dict[str, Any] | None:
-        """Resolve ``cpc_kwargs`` and point the policy class and kwargs at the CPC policy."""
+    def _prepare_cpc(
+        self, known_policies: dict[Any, type], sequence_length: int | None, sequence_source: str = ""
+    ) -> dict[str, Any] | None:
+        """
+        Resolve ``cpc_kwargs`` and point the policy class and kwargs at the CPC policy.
+
+        :param sequence_source: how the minibatch sequence length follows from the settings (for errors).
+        """
         if self.cpc_kwargs is None:
             return None
         # z_t is the features extractor's output, a vector for every space SB3 takes.
         _check_observation_space(self.observation_space)
-        settings = resolve_cpc_kwargs(self.cpc_kwargs, self.action_space, self.n_steps, sequence_length)
+        settings = resolve_cpc_kwargs(
+            self.cpc_kwargs, self.action_space, self.n_steps, sequence_length, sequence_source
+        )
         self.cpc_kwargs = settings
         self.policy_class = _cpc_policy_class(self.policy_class, known_policies)
         self.policy_kwargs = {**self.policy_kwargs, "cpc_kwargs": settings}
@@ -132,7 +140,12 @@ class _FeedForwardCPCMixin(_CPCAlgorithmMixin):
         batch_size = getattr(self, "batch_size", None)
         requested = (self.cpc_kwargs or {}).get("sequence_length")
         length = requested or (min(self.n_steps, batch_size) if batch_size else self.n_steps)
-        settings = self._prepare_cpc(_FEEDFORWARD_POLICIES, length)
+        source = (
+            "It is cpc_kwargs['sequence_length']: raise it or lower the horizon."
+            if requested
+            else f"It is min(n_steps={self.n_steps}, batch_size={batch_size}): raise both or lower the horizon."
+        )
+        settings = self._prepare_cpc(_FEEDFORWARD_POLICIES, length, source if batch_size or requested else "")
         if settings is not None and batch_size and batch_size % length:
             raise ValueError(
                 f"batch_size ({batch_size}) must be a multiple of the CPC sequence length ({length}) so that "
@@ -205,7 +218,12 @@ class CPCRecurrentPPO(_CPCAlgorithmMixin, RecurrentPPO):
             RecurrentMultiInputActorCriticPolicy: CPCRecurrentMultiInputActorCriticPolicy,
         }
         pieces = piece_length(self.n_steps, self.n_envs, self.batch_size)  # see SequenceRecurrentRolloutBuffer
-        if self._prepare_cpc(known, pieces) is None and self.policy_class in known:
+        source = (
+            f"Minibatches are whole pieces of gcd(n_steps={self.n_steps}, batch_size={self.batch_size}) = {pieces} "
+            "steps of each env's rollout: lower the horizon, or choose batch_size so that the gcd exceeds it "
+            "(a multiple of n_steps gives pieces of n_steps)."
+        )
+        if self._prepare_cpc(known, pieces, source) is None and self.policy_class in known:
             self.policy_class = known[self.policy_class]  # the faster sequence path, no head
         super()._setup_model()
         if isinstance(self.policy, CPCRecurrentActorCriticPolicy):

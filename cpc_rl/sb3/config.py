@@ -34,6 +34,7 @@ def resolve_cpc_kwargs(
     action_space: spaces.Space | None,
     n_steps: int,
     sequence_length: int | None = None,
+    sequence_source: str = "",
 ) -> dict[str, Any]:
     """
     Fill defaults into ``cpc_kwargs`` and check them.
@@ -42,6 +43,7 @@ def resolve_cpc_kwargs(
     :param action_space: the env's action space (None to skip the action check).
     :param n_steps: rollout length per env.
     :param sequence_length: the longest sequence the head will see, if shorter than ``n_steps``.
+    :param sequence_source: where that length comes from and how to change it, for the error message.
     :return: the complete settings.
     :raises ValueError: naming the bad setting and what it needs.
     """
@@ -75,9 +77,10 @@ def resolve_cpc_kwargs(
     longest = min(n_steps, sequence_length) if sequence_length else n_steps
     if settings["horizon"] >= longest:
         what = "n_steps" if longest == n_steps else "the sequence length of a minibatch"
+        source = sequence_source or "Lower the horizon or raise n_steps/batch_size."
         raise ValueError(
             f"cpc_kwargs['horizon']={settings['horizon']} must be < {what} ({longest}): no pair "
-            f"(t, t+horizon) fits in a sequence. Lower the horizon or raise n_steps/batch_size."
+            f"(t, t+horizon) fits in a sequence. {source}"
         )
     return settings
 
