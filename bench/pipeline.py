@@ -6,7 +6,7 @@ steps/s (``learn``). A synchronous collect-then-train loop can at best reach
 ``1 / (1/env + 1/learner)``; the pipeline efficiency is end-to-end over that bound (what is
 left is the policy's per-step inference and the loop's own overhead).
 
-    python bench/pipeline.py [--env MiniWorld-Hallway-v0 --steps 4000 --algos recurrent_ppo ppo a2c --vec-env subproc]
+    python bench/pipeline.py [--env MiniWorld-Hallway-v0 --steps 4000 --algos recurrent_ppo ppo a2c --vec-env auto]
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents import make_agent
-from experiments.config import RunConfig, learner_threads
+from experiments.config import RunConfig, chosen_vec_env, learner_threads
+from experiments.safety import ActingThreads
 
 
 def env_only(vec, steps: int) -> float:
@@ -42,7 +43,8 @@ def learner_only(model, repeats: int) -> float:
 
 def end_to_end(model, steps: int) -> float:
     start = time.perf_counter()
-    model.learn(steps, reset_num_timesteps=False)
+    # As a run does: one thread while acting, the learner's while training.
+    model.learn(steps, reset_num_timesteps=False, callback=ActingThreads(torch.get_num_threads()))
     return steps / (time.perf_counter() - start)
 
 
@@ -52,11 +54,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=5, help="train() calls for the learner-only rate")
     parser.add_argument("--algos", nargs="+", default=["recurrent_ppo", "ppo", "a2c"])
-    parser.add_argument("--vec-env", default="subproc", choices=("subproc", "dummy"))
+    parser.add_argument("--vec-env", default="auto", choices=("auto", "subproc", "dummy"), help="auto: as runs choose")
     args = parser.parse_args()
     torch.set_num_threads(learner_threads(RunConfig()))
     print(
-        f"{args.env}, presets with CPC, {args.vec_env} vec env, {args.steps} steps, "
+        f"{args.env}, presets with CPC, {args.vec_env} vec env ({chosen_vec_env(RunConfig(vec_env=args.vec_env))} "
+        f"for the main job's 4 envs), {args.steps} steps, "
         f"{torch.get_num_threads()} torch threads"
     )
     print(
@@ -64,8 +67,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     for algo in args.algos:
-        n_envs = RunConfig(algo=algo).num_envs
-        vec = envs.make_vec_env(args.env, n_envs, vec_env=args.vec_env)
+        config = RunConfig(algo=algo, vec_env=args.vec_env)
+        vec = envs.make_vec_env(args.env, config.num_envs, vec_env=chosen_vec_env(config))
         model = make_agent(algo, vec, aux="cpc", seed=0)
         model.set_logger(configure(None, []))
         env_rate = env_only(vec, args.steps)

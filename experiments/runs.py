@@ -29,7 +29,15 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.factory import ALGORITHM_CLASSES, make_agent
-from experiments.config import RunConfig, RunError, RunFailed, RunInterrupted, check_hyperparams, learner_threads
+from experiments.config import (
+    RunConfig,
+    RunError,
+    RunFailed,
+    RunInterrupted,
+    check_hyperparams,
+    chosen_vec_env,
+    learner_threads,
+)
 from experiments.files import (
     save_figure_atomically,
     save_model_atomically,
@@ -231,6 +239,7 @@ class Run:
         self._earlier_seconds = previous.get("wall_seconds", 0.0)
         self.eval_seconds = previous.get("eval_seconds", 0.0)
         self._started = time.perf_counter()
+        self.setup: dict[str, Any] = {}  # how this segment runs (threads, vec env): in every status
         self.last_evaluation: dict[str, float] | None = None
 
     def write_status(self, state: str, steps: int, **extra: Any) -> None:
@@ -238,7 +247,7 @@ class Run:
         costs = {"wall_seconds": wall, "eval_seconds": self.eval_seconds, "train_seconds": wall - self.eval_seconds}
         write_json(
             self.dir / "status.json",
-            {"state": state, "num_timesteps": steps, "updated": time.time(), **costs, **extra},
+            {"state": state, "num_timesteps": steps, "updated": time.time(), **costs, **self.setup, **extra},
         )
 
     def save_checkpoint(self, model: BaseAlgorithm) -> Path:
@@ -402,7 +411,7 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
         config.env,
         config.num_envs,
         seed=config.seed,
-        vec_env=config.vec_env,
+        vec_env=chosen_vec_env(config),
         monitor_dir=str(run_dir / "monitor"),
         **config.env_kwargs,
     )
@@ -420,7 +429,8 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
         segment = len(list((run_dir / "logs").glob("segment_*"))) if (run_dir / "logs").exists() else 0
         model.set_logger(configure(str(run_dir / "logs" / f"segment_{segment}"), ["csv", "tensorboard"]))
         remaining = config.steps - model.num_timesteps
-        run.write_status("running", model.num_timesteps, threads=torch.get_num_threads())
+        run.setup = {"threads": torch.get_num_threads(), "vec_env": chosen_vec_env(config)}
+        run.write_status("running", model.num_timesteps)
         with sigterm_as_interrupt():
             if remaining > 0:
                 callbacks = [FiniteGuard(), ReleaseFreedMemory(), _RunCallback(run)]

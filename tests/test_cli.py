@@ -83,7 +83,8 @@ def test_train_writes_every_result(tmp_path, aux):
     assert ("train/cpc_loss" in progress.columns) == (aux == "cpc")
     evaluations = pd.read_csv(run_dir / "evaluations.csv")
     assert list(evaluations["step"]) == [80, 160]
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "finished" and status["vec_env"] == "dummy" and status["threads"] >= 1
     assert "success rate" in result.stdout
     # Checkpoints were saved at 80 and 160 steps; only the newest is kept by default.
     assert [path.name for path in (run_dir / "checkpoints").glob("*.zip")] == ["step_0000000160.zip"]

@@ -21,7 +21,7 @@ from test_cli import REPO, TINY, assert_clean_error, run_agent
 
 import envs
 from agents import make_agent
-from experiments.config import RunConfig, RunError
+from experiments.config import RunConfig, RunError, chosen_vec_env
 from experiments.runs import Run
 from experiments.safety import ActingThreads, FiniteGuard, FolderLock, NonFiniteError
 
@@ -322,3 +322,18 @@ def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path):
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "finished" and status["num_timesteps"] >= 1000
     assert len(list((run_dir / "logs").glob("segment_*"))) == 2, "the retry resumed rather than restarted"
+
+
+def test_vec_env_auto_gives_each_env_worker_a_core_or_keeps_envs_in_process(monkeypatch):
+    from experiments import config as config_module
+
+    config = RunConfig(algo="recurrent_ppo")  # 4 envs
+    assert config.vec_env == "auto"
+    monkeypatch.setattr(config_module, "_usable_cores", lambda: 2)
+    assert chosen_vec_env(config) == "dummy"
+    monkeypatch.setattr(config_module, "_usable_cores", lambda: 8)
+    assert chosen_vec_env(config) == "subproc"
+    assert chosen_vec_env(RunConfig(algo="recurrent_ppo", n_envs=8)) == "dummy", "8 envs, 8 cores: no core left"
+    assert chosen_vec_env(RunConfig(vec_env="dummy")) == "dummy"
+    with pytest.raises(RunError, match="vec_env must be one of auto, subproc, dummy"):
+        RunConfig(vec_env="threads").check()
