@@ -257,3 +257,21 @@ def test_a_missing_renderer_says_what_to_install():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "could not start an OpenGL renderer" in result.stdout and "apt-get install" in result.stdout
+
+
+@pytest.mark.parametrize("texture", ["cardboard_1", "airduct_grate_1"])  # stored as RGB, and as RGBA
+def test_textures_convert_with_numpy_to_pyglets_exact_bytes(texture):
+    envs.make_env("MiniWorld-Hallway-v0").close()  # imports miniworld, with the numpy conversion
+    import miniworld
+    import pyglet
+    from pyglet.image import ImageData
+
+    from envs.rendering import _convert_with_numpy
+
+    assert ImageData._convert is not ImageData._pyglet_convert
+    image = pyglet.image.load(os.path.join(os.path.dirname(miniworld.__file__), "textures", f"{texture}.png"))
+    data = image.get_image_data()
+    for fmt, sign in [("RGBA", 1), ("RGBA", -1), ("BGRA", 1), ("RGB", 1), ("ARGB", -1), ("L", 1)]:
+        pitch = sign * data.width * len(fmt)
+        converted = _convert_with_numpy(data, fmt, pitch, ImageData._pyglet_convert)
+        assert converted == ImageData._pyglet_convert(data, fmt, pitch), (fmt, sign)
