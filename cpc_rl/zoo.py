@@ -89,16 +89,50 @@ def _with_cpc_converter(converter: Callable[..., dict[str, Any]]) -> Callable[..
     return convert
 
 
+def _sampled_over_the_files_policy_kwargs(objective: Callable[..., float]) -> Callable[..., float]:
+    """
+    The Zoo's ``ExperimentManager.objective``, where a sampled ``policy_kwargs`` updates the
+    hyper-parameter file's instead of replacing it: the Zoo's samplers draw ``net_arch`` and
+    activations, and replacing would drop the file's features extractor (the MiniWorld agents'
+    ``FrameEncoder``), so a trial would tune another network than the one it then trains.
+    """
+    from rl_zoo3 import hyperparams_opt
+
+    def run_trial(manager: Any, trial: Any) -> float:
+        given = manager._hyperparams.get("policy_kwargs")
+        sampler = hyperparams_opt.HYPERPARAMS_SAMPLER.get(manager.algo)
+        if manager.algo not in ZOO_ALGORITHMS or not isinstance(given, dict) or sampler is None:
+            return objective(manager, trial)
+
+        def sample(*args: Any) -> dict[str, Any]:
+            params = sampler(*args)
+            if isinstance(params.get("policy_kwargs"), dict):
+                params = {**params, "policy_kwargs": {**given, **params["policy_kwargs"]}}
+            return params
+
+        hyperparams_opt.HYPERPARAMS_SAMPLER[manager.algo] = sample
+        try:
+            return objective(manager, trial)
+        finally:
+            hyperparams_opt.HYPERPARAMS_SAMPLER[manager.algo] = sampler
+
+    run_trial.keeps_files_policy_kwargs = True
+    return run_trial
+
+
 def register() -> None:
     """Register the CPC algorithms, samplers and converters in the Zoo's tables (idempotent)."""
     try:
         from rl_zoo3 import hyperparams_opt, utils
+        from rl_zoo3.exp_manager import ExperimentManager
     except ImportError:
         raise SystemExit('cpc_rl.zoo needs the RL Baselines3 Zoo: pip install -e ".[zoo]" (or rl_zoo3)') from None
     for name, (_, parent) in ZOO_ALGORITHMS.items():
         utils.ALGOS[name] = ZOO_CLASSES[name]
         hyperparams_opt.HYPERPARAMS_SAMPLER[name] = _with_cpc_sampler(hyperparams_opt.HYPERPARAMS_SAMPLER[parent])
         hyperparams_opt.HYPERPARAMS_CONVERTER[name] = _with_cpc_converter(hyperparams_opt.HYPERPARAMS_CONVERTER[parent])
+    if not getattr(ExperimentManager.objective, "keeps_files_policy_kwargs", False):
+        ExperimentManager.objective = _sampled_over_the_files_policy_kwargs(ExperimentManager.objective)
 
 
 def _default_conf(argv: list[str]) -> list[str]:

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cpc_rl.sb3 import CPCA2C
+
 pytest.importorskip("rl_zoo3")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,13 +77,18 @@ def test_optimize_samples_the_cpc_settings_with_pruning(tmp_path):
         1,
         "--hyperparams",
         "n_envs:2",
-        "policy_kwargs:dict(features_extractor_kwargs=dict(features_dim=16))",
+        "--optimization-log-path",
+        tmp_path / "trials",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Number of finished trials:  2" in result.stdout
     for name in ("cpc_coef", "cpc_horizon", "cpc_negatives", "cpc_action_conditioned"):
         assert name in result.stdout
     assert list((logs / "cpc_a2c").glob("report_MiniWorld-Hallway-v0_2-trials-*.csv"))
+    # The sampled net_arch and activation went into the file's policy_kwargs: the trials trained FrameEncoder.
+    trained = CPCA2C.load(next((tmp_path / "trials").glob("trial_*/best_model.zip")), device="cpu")
+    assert type(trained.policy.features_extractor).__name__ == "FrameEncoder"
+    assert trained.policy.features_extractor.features_dim == 256 and "net_arch" in trained.policy_kwargs
 
 
 def test_bad_input_gives_one_line_and_leaves_no_run_folder(tmp_path):
