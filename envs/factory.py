@@ -15,7 +15,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.rendering import configure_headless, give_own_display_list, import_miniworld
+from envs.rendering import configure_headless, free_frame_buffers, give_own_display_list, import_miniworld
 
 configure_headless()
 
@@ -150,6 +150,7 @@ class MiniWorldAgentEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if getattr(world, "shadow_window", None) is None:
             return
         self._free_display_list()
+        free_frame_buffers(world)
         self.env.close()
         world.shadow_window.close()
         world.shadow_window = None

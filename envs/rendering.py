@@ -169,3 +169,44 @@ def give_own_display_list(env: Any) -> Callable[[], None]:
         gl.glDeleteLists(list_id, 1)
 
     return free
+
+
+def free_frame_buffers(env: Any) -> None:
+    """
+    Delete the GL objects of a MiniWorld env's frame buffers (the observation's and the view's).
+
+    pyglet puts every context's objects in one shared space that outlives an env's window, and
+    MiniWorld never deletes its frame buffers: each env made and closed in a process left ~0.5 MB
+    behind (its 8x multisampled float observation buffer), which an evaluation env per evaluation
+    turned into steady growth over a long run.
+
+    :param env: the unwrapped ``MiniWorldEnv``, its window still open.
+    """
+    import ctypes
+
+    from pyglet import gl
+
+    env.shadow_window.switch_to()
+    for frame_buffer in (getattr(env, "obs_fb", None), getattr(env, "vis_fb", None)):
+        if frame_buffer is None:
+            continue
+        for fbo in (frame_buffer.multi_fbo, frame_buffer.final_fbo):
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+            names = {}
+            for attachment in (gl.GL_COLOR_ATTACHMENT0, gl.GL_DEPTH_ATTACHMENT):
+                kind, name = gl.GLint(0), gl.GLint(0)
+                gl.glGetFramebufferAttachmentParameteriv(
+                    gl.GL_FRAMEBUFFER, attachment, gl.GL_FRAMEBUFFER_ATTACHMENT_OBJECT_TYPE, ctypes.byref(kind)
+                )
+                gl.glGetFramebufferAttachmentParameteriv(
+                    gl.GL_FRAMEBUFFER, attachment, gl.GL_FRAMEBUFFER_ATTACHMENT_OBJECT_NAME, ctypes.byref(name)
+                )
+                names[attachment] = (kind.value, name.value)
+            gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+            for kind, name in names.values():
+                handle = gl.GLuint(name)
+                if kind == gl.GL_TEXTURE:
+                    gl.glDeleteTextures(1, ctypes.byref(handle))
+                elif kind == gl.GL_RENDERBUFFER:
+                    gl.glDeleteRenderbuffers(1, ctypes.byref(handle))
+            gl.glDeleteFramebuffers(1, ctypes.byref(fbo))
