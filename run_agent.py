@@ -24,6 +24,11 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+# oneDNN caches a compiled primitive for every shape it meets, up to 1024 of them. The LSTM's
+# sequence shapes change with the episode starts in each minibatch, so the cache kept filling and a
+# run's memory grew for hours (bench/memory.py). oneDNN reads it at its first primitive.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
 from agents.presets import ALGORITHMS, AUX_CHOICES
 from experiments.config import DEFAULT_ENV, RunConfig, RunError, RunFailed, RunInterrupted
 

@@ -11,6 +11,7 @@ per 100 updates of a line fitted to the second half (the first updates allocate 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -77,7 +78,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--vec-env", default="subproc", choices=("subproc", "dummy"))
     parser.add_argument("--no-trim", action="store_true", help="without ReleaseFreedMemory, as before the fix")
+    parser.add_argument("--onednn-cache", default="64", help="oneDNN's primitive cache (runs: 64; its own: 1024)")
     args = parser.parse_args()
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = args.onednn_cache  # read at oneDNN's first primitive
     config = RunConfig(env=args.env, algo=args.algo, eval_episodes=5)
     vec = envs.make_vec_env(args.env, config.num_envs, vec_env=args.vec_env)
     model = make_agent(args.algo, vec, aux="cpc", seed=0)
@@ -92,7 +95,8 @@ def main() -> None:
         f"{args.env}, {args.algo} + CPC, {probe.updates} updates ({model.num_timesteps} steps, "
         f"{probe.episodes} episodes, "
         f"{time.perf_counter() - start:.0f} s), evaluation every {args.eval_every} updates, {args.vec_env} envs, "
-        f"{'without' if args.no_trim else 'with'} ReleaseFreedMemory"
+        f"{'without' if args.no_trim else 'with'} ReleaseFreedMemory, "
+        f"oneDNN primitive cache {os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}"
     )
     print(
         "| process | RSS after update 1 (MB) | RSS at the end (MB) | growth per 100 updates, 2nd half (MB) "
