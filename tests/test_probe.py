@@ -119,7 +119,8 @@ def test_cpc_training_raises_the_mutual_information_bound_on_held_out_episodes()
     """
     import torch
 
-    config = ProtocolConfig(train_steps=250, batch=8, window=24, learning_rate=1e-3, horizon=4)
+    # At 1e-3 the outcome hung on the float order: 0.62 with 2 torch threads, -0.36 with 1.
+    config = ProtocolConfig(train_steps=250, batch=8, window=24, learning_rate=5e-4, horizon=4)
     pretrain = explore("MiniWorld-OneRoom-v0", 20, seed=1000, max_episode_steps=60)
     held_out = explore("MiniWorld-OneRoom-v0", 8, seed=2000, max_episode_steps=60)
 
