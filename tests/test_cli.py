@@ -110,7 +110,13 @@ def test_interrupt_then_resume_continues_the_step_count(tmp_path):
         "save_freq=400",
     ]
     process = subprocess.Popen(
-        list(map(str, command)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        list(map(str, command)),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job ignores SIGINT and its children inherit that: restore Ctrl-C's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 400  # a busy machine can take minutes to reach the first checkpoint
     while time.time() < deadline and not list((run_dir / "checkpoints").glob("*.zip")):
