@@ -407,11 +407,12 @@ def train(
 def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progress_seconds: float) -> dict[str, Any]:
     config, run_dir = run.config, run.dir
     torch.set_num_threads(learner_threads(config))
+    vec_kind = chosen_vec_env(config)
     vec_env = envs.make_vec_env(
         config.env,
         config.num_envs,
         seed=config.seed,
-        vec_env=chosen_vec_env(config),
+        vec_env=vec_kind,
         monitor_dir=str(run_dir / "monitor"),
         **config.env_kwargs,
     )
@@ -429,7 +430,7 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
         segment = len(list((run_dir / "logs").glob("segment_*"))) if (run_dir / "logs").exists() else 0
         model.set_logger(configure(str(run_dir / "logs" / f"segment_{segment}"), ["csv", "tensorboard"]))
         remaining = config.steps - model.num_timesteps
-        run.setup = {"threads": torch.get_num_threads(), "vec_env": chosen_vec_env(config)}
+        run.setup = {"threads": torch.get_num_threads(), "vec_env": vec_kind}
         run.write_status("running", model.num_timesteps)
         with sigterm_as_interrupt():
             if remaining > 0:
