@@ -10,6 +10,7 @@ from typing import Any
 
 ALGORITHMS = ("a2c", "ppo", "recurrent_ppo")
 AUX_CHOICES = ("cpc", "cpca", "none")
+PRECISIONS = ("float32", "bfloat16")  # of the encoder's arithmetic
 
 _ENCODER = {"features_extractor_class": "FrameEncoder", "features_extractor_kwargs": {"features_dim": 256}}
 

@@ -7,6 +7,7 @@ start-up) and the ratio.
 
     git worktree add /tmp/cpc-rl-old <commit>
     python bench/main_job_speed.py --baseline /tmp/cpc-rl-old [--steps 8000 --repeats 2 --set threads=2]
+    python bench/main_job_speed.py --baseline /tmp/cpc-rl-old --this-set precision=bfloat16   # an opt-in setting
 """
 
 from __future__ import annotations
@@ -37,19 +38,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", nargs="*", default=[], dest="settings", help="run settings for both, e.g. threads=2")
+    parser.add_argument("--this-set", nargs="*", default=[], help="run settings for this checkout only")
     args = parser.parse_args()
     if not (args.baseline / "run_agent.py").exists():
         parser.error(f"{args.baseline} is not a cpc-rl checkout (no run_agent.py)")
     checkouts = {"baseline": args.baseline.resolve(), "this checkout": HERE}
+    settings = {"baseline": args.settings, "this checkout": args.settings + args.this_set}
     rates: dict[str, list[float]] = {name: [] for name in checkouts}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             for name, checkout in checkouts.items():
-                rates[name].append(steps_per_second(checkout, args.steps, args.settings, Path(tmp)))
+                rates[name].append(steps_per_second(checkout, args.steps, settings[name], Path(tmp)))
                 print(f"{name}: {rates[name][-1]:.0f} steps/s", flush=True)
     base, new = statistics.median(rates["baseline"]), statistics.median(rates["this checkout"])
     print(f"| version | steps/s (median of {args.repeats}) |\n|---|---|")
-    print(f"| baseline ({args.baseline}) | {base:.0f} |\n| this checkout | {new:.0f} |")
+    print(f"| baseline ({args.baseline}) | {base:.0f} |\n| this checkout {' '.join(args.this_set)} | {new:.0f} |")
     print(f"speed-up: {new / base:.2f}x")
 
 

@@ -11,7 +11,10 @@ per 100 updates of a line fitted to the second half (the first updates allocate 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import os
+import sys
 import time
 
 import numpy as np
@@ -28,6 +31,24 @@ from experiments.safety import ReleaseFreedMemory
 MB = 1024**2
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def heap_breakdown() -> dict[str, float] | None:
+    """glibc's view of the heap in MB (in use, free but kept, mmapped), or None off glibc."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return {"in_use": info.uordblks / MB, "free_kept": info.fordblks / MB, "mmapped": info.hblkhd / MB}
+
+
 class _RssPerUpdate(BaseCallback):
     def __init__(self, config: RunConfig, eval_every: int, minutes: float | None = None) -> None:
         super().__init__()
@@ -35,6 +56,7 @@ class _RssPerUpdate(BaseCallback):
         self.main: list[float] = []
         self.workers: list[float] = []
         self.hours: list[float] = []
+        self.breakdown: list[dict[str, float]] = []
         self.updates = 0
         self.episodes = 0
         self.start = time.monotonic()
@@ -47,6 +69,16 @@ class _RssPerUpdate(BaseCallback):
         self.workers.append(max((child.memory_info().rss / MB for child in children), default=0.0))
         self.hours.append((time.monotonic() - self.start) / 3600)
         self.updates += 1
+        # Where the memory sits tells a leak (in use, Python objects) from fragmentation (free but kept).
+        heap = heap_breakdown() or {}
+        heap["python_objects_k"] = len(gc.get_objects()) / 1000
+        self.breakdown.append(heap)
+        if self.updates % 25 == 0:
+            print(
+                f"update {self.updates} at {self.hours[-1] * 60:.1f} min: trainer {self.main[-1]:.0f} MB, "
+                f"worker {self.workers[-1]:.0f} MB, " + ", ".join(f"{k} {v:.1f}" for k, v in heap.items()),
+                flush=True,
+            )
         if self.eval_every and self.updates % self.eval_every == 0:
             run_episodes(self.model, self.config, 5, seed=self.updates)
 
@@ -109,7 +141,14 @@ def main() -> None:
             f"| {name} | {values[0]:.0f} | {values[-1]:.0f} | {slope_per_100(values):+.1f} "
             f"| {slope_per_hour(values, probe.hours):+.1f} |"
         )
+    for key in probe.breakdown[0]:
+        values = [row[key] for row in probe.breakdown]
+        print(
+            f"| {key} | {values[0]:.1f} | {values[-1]:.1f} | {slope_per_100(values):+.1f} "
+            f"| {slope_per_hour(values, probe.hours):+.1f} |"
+        )
     print("RSS per update:", " ".join(f"{value:.0f}" for value in probe.main))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.presets import ALGORITHMS, AUX_CHOICES, preset
+from agents.presets import ALGORITHMS, AUX_CHOICES, PRECISIONS, preset
 
 DEFAULT_ENV = "MiniWorld-Hallway-v0"
 VEC_ENV_CHOICES = ("auto", "subproc", "dummy")
@@ -49,6 +49,8 @@ class RunConfig:
     :param keep_checkpoints: how many of the newest checkpoints to keep (each is a whole model, ~25 MB).
     :param threads: torch threads of the learner; None: ``OMP_NUM_THREADS`` if set, else the cores
         that other processes leave free when the run starts (at least 1).
+    :param precision: ``float32``, or ``bfloat16`` for the encoder's arithmetic (faster on CPUs with
+        native bfloat16, results differ in the low bits; see :class:`agents.networks.FrameEncoder`).
     :param hyperparams: overrides of the algorithm's preset arguments.
     :param cpc_kwargs: overrides of the preset's CPC settings.
     :param env_kwargs: passed to the MiniWorld env (``max_episode_steps``, ...).
@@ -67,6 +69,7 @@ class RunConfig:
     save_freq: int = 10_000
     keep_checkpoints: int = 1
     threads: int | None = None
+    precision: str = "float32"
     hyperparams: dict[str, Any] = field(default_factory=dict)
     cpc_kwargs: dict[str, Any] = field(default_factory=dict)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +94,8 @@ class RunConfig:
                 raise RunError(f"{name} must be an integer >= 0 (0: never); got {getattr(self, name)!r}")
         if self.vec_env not in VEC_ENV_CHOICES:
             raise RunError(f"vec_env must be one of {', '.join(VEC_ENV_CHOICES)}; got {self.vec_env!r}")
+        if self.precision not in PRECISIONS:
+            raise RunError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise RunError(f"threads must be None or an integer >= 1; got {self.threads!r}")
         if self.n_envs is not None and (not _is_int(self.n_envs) or self.n_envs < 1):

@@ -71,6 +71,7 @@ def build_model(config: RunConfig, vec_env: Any) -> BaseAlgorithm:
             aux=config.aux,
             seed=config.seed,
             device=config.device,
+            precision=config.precision,
             cpc_kwargs=dict(config.cpc_kwargs) or None,
             **config.hyperparams,
         )

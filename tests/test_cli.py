@@ -299,6 +299,7 @@ def test_mistakes_are_refused_before_any_env_worker_starts(tmp_path):
         (["--set", "env.max_episode_step=10"], "cannot make MiniWorld-Hallway-v0"),
         (["--env", "MiniWorld-Sign-v0"], "MiniWorld-SignMemory-v0"),
         (["--steps", "-5"], "steps must be an integer >= 1"),
+        (["--set", "precision=float16"], "precision must be one of float32, bfloat16"),
     ]
     for extra, fragment in cases:
         result = run_agent("train", "--run-dir", run_dir, "--no-progress", *extra)

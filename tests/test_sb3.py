@@ -245,6 +245,35 @@ def test_make_agent_builds_each_preset_with_and_without_cpc():
                 assert model.policy.cpc_head.action_dim == 3
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bfloat16 on this CPU")
+def test_bfloat16_encoder_trains_and_stays_close_to_float32():
+    env = vec_env(n_envs=2)
+    sizes = {"n_steps": 40, "batch_size": 40}
+    plain = make_agent("recurrent_ppo", env, aux="cpc", device="cpu", cpc_kwargs={"horizon": 4}, **sizes)
+    fast = make_agent(
+        "recurrent_ppo", env, aux="cpc", device="cpu", precision="bfloat16", cpc_kwargs={"horizon": 4}, **sizes
+    )
+    assert fast.policy.features_extractor.precision == "bfloat16"
+    frames = torch.rand(8, *plain.policy.observation_space.shape)
+    z_plain = plain.policy.features_extractor(frames)
+    z_fast = fast.policy.features_extractor(frames)
+    # Same seed, same weights: only the arithmetic differs (bfloat16 keeps ~3 significant digits).
+    assert z_fast.dtype == torch.float32
+    assert torch.allclose(z_fast, z_plain, rtol=0.05, atol=0.02) and not torch.equal(z_fast, z_plain)
+    fast.set_logger(configure(None, []))
+    before = [p.detach().clone() for p in fast.policy.features_extractor.parameters()]
+    fast.learn(80)
+    after = list(fast.policy.features_extractor.parameters())
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    assert np.isfinite(fast.cpc_figures["train/cpc_loss"])
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        make_agent("recurrent_ppo", vec_env(n_envs=1), aux="none", device="cpu", precision="float16")
+
+
 @pytest.mark.parametrize(
     ("cpc_kwargs", "match"),
     [
