@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear probes of a trained agent's z_t and c_t; given a comparison folder, of each finished run",
     )
     probe.add_argument("run_dir", type=Path, help="a run, or a comparison folder (one holding runs/)")
-    probe.add_argument("--episodes", type=int, default=50)
+    probe.add_argument("--episodes", type=int, default=50, help="at least this many episodes...")
+    probe.add_argument("--min-steps", type=int, default=2000, help="...and at least this many steps")
     probe.add_argument("--again", action="store_true", help="in a comparison folder, probe runs already probed too")
 
     representation = commands.add_parser(
@@ -352,12 +353,12 @@ def command_probe(args: argparse.Namespace) -> int:
     from experiments.representation import probe_comparison, probe_run
 
     if (args.run_dir / "runs").is_dir():
-        probed, no_model = probe_comparison(args.run_dir, args.episodes, args.again)
+        probed, no_model = probe_comparison(args.run_dir, args.episodes, args.again, args.min_steps)
         print(f"probed {len(probed)} runs of {args.run_dir} (probe/ in each run; `report` puts them in the tables)")
         if no_model:
             print(f"{len(no_model)} finished runs have no model.zip (models are not committed): not probed")
         return 0
-    out = probe_run(args.run_dir, args.episodes)
+    out = probe_run(args.run_dir, args.episodes, min_steps=args.min_steps)
     print((out / "probe.md").read_text())
     print(f"written: {out / 'probe.md'}, {out / 'probe.csv'}, {out / 'probe.png'}")
     return 0

@@ -353,10 +353,18 @@ All rows: [representation.csv](representation.csv).
     return path
 
 
-def probe_run(run_dir: Path, episodes: int = 50, seed: int = 30_000) -> Path:
+PROBE_MIN_STEPS = 2000
+
+
+def probe_run(run_dir: Path, episodes: int = 50, seed: int = 30_000, min_steps: int = PROBE_MIN_STEPS) -> Path:
     """
     Probe a trained agent: roll it out, probe its encoder output ``z_t`` and its context ``c_t``
     (the actor LSTM, or the CPC head's GRU of feed-forward agents), write ``probe/``.
+
+    :param episodes: at least this many episodes...
+    :param min_steps: ...and at least this many steps: a good agent on a small task ends its
+        episodes in a few steps, and 50 of them (~300 steps) left the probes of 256 features
+        fitting noise (held-out R² down to -12 on OneRoomS6Fast).
     """
     from experiments.runs import RunError, latest_model_path, load_model, read_config
 
@@ -367,10 +375,12 @@ def probe_run(run_dir: Path, episodes: int = 50, seed: int = 30_000) -> Path:
         raise RunError(f"--episodes must be >= 2 (the probe holds out whole episodes); got {episodes}")
     config = read_config(run_dir)
     model = load_model(config, latest_model_path(run_dir))
-    trajectories = rollout_agent(model, config.env, episodes, seed, config.env_kwargs)
+    trajectories = rollout_agent(model, config.env, episodes, seed, config.env_kwargs, min_steps)
     features = agent_features(model, trajectories)
     rows = probe_features(features, trajectories)
     table = pd.DataFrame(rows)
+    num_episodes, num_steps = len(np.unique(trajectories.episode_ids)), len(trajectories.episode_ids)
+    table["episodes"], table["steps"] = num_episodes, num_steps
     out = run_dir / "probe"
     out.mkdir(exist_ok=True)
     write_text_atomically(out / "probe.csv", table.to_csv(index=False))
@@ -378,7 +388,8 @@ def probe_run(run_dir: Path, episodes: int = 50, seed: int = 30_000) -> Path:
     lines = [
         f"# Linear probes of {run_dir.name} ({config.algo}, aux={config.aux}, {model.num_timesteps} steps)",
         "",
-        f"{episodes} episodes of the agent's own (stochastic) policy, split by episode 70/30. "
+        f"{num_episodes} episodes ({num_steps} steps) of the agent's own (stochastic) policy, split by episode "
+        "70/30. "
         "R² (regression) or accuracy (heading_sector, chance 0.125).",
         "",
         "| target | " + " | ".join(f"from {c}" for c in pivot.columns) + " |",
@@ -391,7 +402,9 @@ def probe_run(run_dir: Path, episodes: int = 50, seed: int = 30_000) -> Path:
     return out
 
 
-def probe_comparison(out_dir: Path, episodes: int = 50, again: bool = False) -> tuple[list[Path], list[Path]]:
+def probe_comparison(
+    out_dir: Path, episodes: int = 50, again: bool = False, min_steps: int = PROBE_MIN_STEPS
+) -> tuple[list[Path], list[Path]]:
     """
     Probe every finished run of a comparison folder that has no ``probe/probe.csv`` yet (all of them
     with ``again``). Models are not committed, so a run finished on another machine is skipped.
@@ -409,7 +422,7 @@ def probe_comparison(out_dir: Path, episodes: int = 50, again: bool = False) -> 
         if not (run_dir / "model.zip").is_file():
             no_model.append(run_dir)
             continue
-        probe_run(run_dir, episodes)
+        probe_run(run_dir, episodes, min_steps=min_steps)
         probed.append(run_dir)
     return probed, no_model
 
@@ -429,14 +442,17 @@ def _plot_probe(pivot: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def rollout_agent(model: Any, env_id: str, episodes: int, seed: int, env_kwargs: dict) -> Trajectories:
-    """Whole episodes of a trained agent's stochastic policy, with ground truth."""
+def rollout_agent(
+    model: Any, env_id: str, episodes: int, seed: int, env_kwargs: dict, min_steps: int = 0
+) -> Trajectories:
+    """Whole episodes (``episodes`` and ``min_steps`` at least) of an agent's stochastic policy, with ground truth."""
     import envs
 
     env = envs.make_env(env_id, seed=seed, **env_kwargs)
     rows: dict[str, list] = {name: [] for name in ("obs", "action", "start", "episode", "pos", "dir", "goal")}
     try:
-        for episode in range(episodes):
+        episode = 0
+        while episode < episodes or len(rows["obs"]) < min_steps:
             obs, info = env.reset()
             state, start, done = None, True, False
             while not done:
@@ -449,6 +465,7 @@ def rollout_agent(model: Any, env_id: str, episodes: int, seed: int, env_kwargs:
                     rows[name].append(value)
                 obs, _, terminated, truncated, info = env.step(int(action))
                 start, done = False, terminated or truncated
+            episode += 1
     finally:
         env.close()
     return Trajectories(

@@ -377,9 +377,10 @@ def test_set_values_are_literals_never_evaluated(tmp_path):
 def test_probe_writes_a_table_and_a_plot_for_a_trained_run(trained_run, tmp_path):
     run_dir = tmp_path / "run"
     subprocess.run(["cp", "-r", str(trained_run), str(run_dir)], check=True)
-    result = run_agent("probe", run_dir, "--episodes", 4)
+    result = run_agent("probe", run_dir, "--episodes", 4, "--min-steps", 150)
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(run_dir / "probe" / "probe.csv")
+    assert (table["episodes"] >= 4).all() and (table["steps"] >= 150).all()
     assert set(table["features"]) == {"z", "c"}  # the recurrent agent's encoder and LSTM
     assert set(table["target"]) == {"position", "heading", "heading_sector", "goal_relative"}
     assert "| position |" in (run_dir / "probe" / "probe.md").read_text()

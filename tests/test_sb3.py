@@ -265,7 +265,7 @@ def test_bfloat16_encoder_trains_and_stays_close_to_float32():
     fast.learn(80)
     after = list(fast.policy.features_extractor.parameters())
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in after)
-    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert np.isfinite(fast.cpc_figures["train/cpc_loss"])
 
 
