@@ -19,14 +19,15 @@ import time
 
 import numpy as np
 import psutil
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
 import envs
 from agents import make_agent
-from experiments.config import RunConfig
+from experiments.config import RunConfig, learner_threads
 from experiments.runs import run_episodes
-from experiments.safety import ReleaseFreedMemory
+from experiments.safety import ActingThreads, ReleaseFreedMemory
 
 MB = 1024**2
 
@@ -114,13 +115,17 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = args.onednn_cache  # read at oneDNN's first primitive
     config = RunConfig(env=args.env, algo=args.algo, eval_episodes=5)
+    # Threads as a run picks them: two intra-op threads on a busy machine made updates ~4x slower.
+    threads = learner_threads(config)
+    torch.set_num_threads(threads)
     vec = envs.make_vec_env(args.env, config.num_envs, vec_env=args.vec_env)
     model = make_agent(args.algo, vec, aux="cpc", seed=0)
     model.set_logger(configure(None, []))
     probe = _RssPerUpdate(config, args.eval_every, args.minutes)
     updates = 10**9 if args.minutes else args.updates
     start = time.perf_counter()
-    callbacks = [probe] if args.no_trim else [ReleaseFreedMemory(), probe]
+    # Trim before the probe reads RSS, as a run trims at the start of each rollout.
+    callbacks = [ActingThreads(threads)] + ([] if args.no_trim else [ReleaseFreedMemory()]) + [probe]
     model.learn(updates * model.n_steps * model.n_envs, callback=callbacks)
     vec.close()
     print(
@@ -128,7 +133,7 @@ def main() -> None:
         f"{probe.episodes} episodes, "
         f"{time.perf_counter() - start:.0f} s), evaluation every {args.eval_every} updates, {args.vec_env} envs, "
         f"{'without' if args.no_trim else 'with'} ReleaseFreedMemory, "
-        f"oneDNN primitive cache {os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}"
+        f"oneDNN primitive cache {os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}, {threads} learner threads"
     )
     print(
         "| process | RSS after update 1 (MB) | RSS at the end (MB) | growth per 100 updates, 2nd half (MB) "
