@@ -7,6 +7,7 @@ steps/s (``learn``). A synchronous collect-then-train loop can at best reach
 left is the policy's per-step inference and the loop's own overhead).
 
     python bench/pipeline.py [--env MiniWorld-Hallway-v0 --steps 4000 --algos recurrent_ppo ppo a2c --vec-env auto]
+    python bench/pipeline.py --algos recurrent_ppo --precisions float32 bfloat16   # the opt-in bfloat16 encoder
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=5, help="train() calls for the learner-only rate")
     parser.add_argument("--algos", nargs="+", default=["recurrent_ppo", "ppo", "a2c"])
+    parser.add_argument("--precisions", nargs="+", default=["float32"], choices=("float32", "bfloat16"))
     parser.add_argument("--vec-env", default="auto", choices=("auto", "subproc", "dummy"), help="auto: as runs choose")
     args = parser.parse_args()
     torch.set_num_threads(learner_threads(RunConfig()))
@@ -63,20 +65,22 @@ def main() -> None:
         f"{torch.get_num_threads()} torch threads"
     )
     print(
-        "| algo | env only (steps/s) | learner only (steps/s) | bound 1/(1/env+1/learner) | end to end | efficiency |"
+        "| algo | precision | env only (steps/s) | learner only (steps/s) | bound 1/(1/env+1/learner) "
+        "| end to end | efficiency |"
     )
-    print("|---|---|---|---|---|---|")
-    for algo in args.algos:
+    print("|---|---|---|---|---|---|---|")
+    for algo, precision in ((algo, precision) for algo in args.algos for precision in args.precisions):
         config = RunConfig(algo=algo, vec_env=args.vec_env)
         vec = envs.make_vec_env(args.env, config.num_envs, vec_env=chosen_vec_env(config))
-        model = make_agent(algo, vec, aux="cpc", seed=0)
+        model = make_agent(algo, vec, aux="cpc", seed=0, precision=precision)
         model.set_logger(configure(None, []))
         env_rate = env_only(vec, args.steps)
         learner_rate = learner_only(model, args.repeats)
         total = end_to_end(model, args.steps)
         bound = 1 / (1 / env_rate + 1 / learner_rate)
         print(
-            f"| {algo} | {env_rate:.0f} | {learner_rate:.0f} | {bound:.0f} | {total:.0f} | {total / bound:.2f} |",
+            f"| {algo} | {precision} | {env_rate:.0f} | {learner_rate:.0f} | {bound:.0f} | {total:.0f} "
+            f"| {total / bound:.2f} |",
             flush=True,
         )
         vec.close()
