@@ -29,7 +29,7 @@ from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperp
 from experiments.files import save_figure_atomically, write_text_atomically
 from experiments.runs import episode_curve, read_config, read_status
 from experiments.safety import FolderLock, sigterm_as_interrupt
-from experiments.stats import bootstrap_ci, difference_ci, iqm
+from experiments.stats import bootstrap_ci, difference_ci, iqm, probability_of_improvement
 
 # Arm kind -> the run's aux.
 ARM_KINDS = {"none": "none", "control": "cpc", "cpc": "cpc", "cpca": "cpca"}
@@ -392,7 +392,8 @@ def env_table(scores: pd.DataFrame, env_id: str, arms: list[str], baseline: str)
     """Markdown tables of one env: each arm across seeds, then each arm minus the baseline."""
     of_env = scores[scores["env"] == env_id]
     rows = [
-        "| arm | seeds | final return, mean [95% CI] | final return, IQM | AUC, mean [95% CI] | AUC, IQM "
+        "| arm | seeds | final return, mean [95% CI] | final return, IQM [95% CI] | AUC, mean [95% CI] "
+        "| AUC, IQM [95% CI] "
         "| final success | CPC acc. k=1 | CPC acc. k=K | MI bound (nats) | probe c→position R² | probe c→heading R² |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -406,16 +407,18 @@ def env_table(scores: pd.DataFrame, env_id: str, arms: list[str], baseline: str)
         ]
         rows.append(
             f"| {arm} | {len(group)} | {_format(*bootstrap_ci(group['final_return']))} | "
-            f"{iqm(group['final_return']):.3f} | {_format(*bootstrap_ci(group['auc']))} | {iqm(group['auc']):.3f} | "
+            f"{_format(*bootstrap_ci(group['final_return'], iqm))} | {_format(*bootstrap_ci(group['auc']))} | "
+            f"{_format(*bootstrap_ci(group['auc'], iqm))} | "
             f"{group['final_success'].mean():.2f} | {' | '.join(cpc)} |"
         )
     base = of_env[of_env["arm"] == baseline]
     differences = [
         "",
-        f"Difference to the baseline `{baseline}` (mean over seeds, 95% bootstrap CI):",
+        f"Difference to the baseline `{baseline}` (mean over seeds, 95% bootstrap CI), and the probability that a "
+        "run of the arm beats a run of the baseline (ties count half; 95% bootstrap CI):",
         "",
-        "| arm − baseline | final return | AUC |",
-        "|---|---|---|",
+        f"| arm − baseline | final return | AUC | P(arm > {baseline}), final return | P(arm > {baseline}), AUC |",
+        "|---|---|---|---|---|",
     ]
     for arm in arms:
         group = of_env[of_env["arm"] == arm]
@@ -423,7 +426,9 @@ def env_table(scores: pd.DataFrame, env_id: str, arms: list[str], baseline: str)
             continue
         differences.append(
             f"| {arm} − {baseline} | {_format(*difference_ci(group['final_return'], base['final_return']))} | "
-            f"{_format(*difference_ci(group['auc'], base['auc']))} |"
+            f"{_format(*difference_ci(group['auc'], base['auc']))} | "
+            f"{_format(*probability_of_improvement(group['final_return'], base['final_return']))} | "
+            f"{_format(*probability_of_improvement(group['auc'], base['auc']))} |"
         )
     return "\n".join(rows + (differences if len(differences) > 5 else []))
 

@@ -9,7 +9,7 @@ import yaml
 
 from experiments.compare import Arm, find_jobs, parse_arm, plan_jobs, training_curve, write_report
 from experiments.config import RunConfig, RunError
-from experiments.stats import difference_ci, iqm
+from experiments.stats import difference_ci, iqm, probability_of_improvement
 
 STEPS = 1000
 # Final evaluation returns per (env, arm): 4 seeds each.
@@ -74,7 +74,7 @@ def test_report_statistics_match_hand_computation(comparison):
     np.testing.assert_allclose(hallway_cpc["auc"], 0.75 * np.array([0.4, 0.5, 0.6, 0.7]))
     # IQM of [0.1, 0.2, 0.3, 0.9] is the mean of the middle two: 0.25; the mean is 0.375.
     assert iqm(np.array([0.1, 0.2, 0.3, 0.9])) == pytest.approx(0.25)
-    assert "| none | 4 | 0.375 [" in report and "| 0.250 |" in report
+    assert "| none | 4 | 0.375 [" in report and "| 0.250 [" in report
     # Difference of means: 0.55 - 0.375 = 0.175.
     estimate, low, high = difference_ci(np.array([0.4, 0.5, 0.6, 0.7]), np.array([0.1, 0.2, 0.3, 0.9]))
     assert estimate == pytest.approx(0.175) and low < estimate < high
@@ -84,6 +84,13 @@ def test_report_statistics_match_hand_computation(comparison):
     hallway = _probability(FINAL[("MiniWorld-Hallway-v0", "cpc")], FINAL[("MiniWorld-Hallway-v0", "none")])
     assert "| final_return | cpc | " in report
     assert f"{(tmaze + hallway) / 2:.3f} [" in report
+    # Per env, beside the difference: P(cpc > none) on that env alone.
+    tmaze_row = next(line for line in report.split("## MiniWorld-TMaze-v0")[1].splitlines() if "| cpc − none |" in line)
+    estimate, low, high = probability_of_improvement(
+        FINAL[("MiniWorld-TMaze-v0", "cpc")], FINAL[("MiniWorld-TMaze-v0", "none")]
+    )
+    assert estimate == pytest.approx(tmaze) and low <= estimate <= high
+    assert f"| {tmaze:.3f} [" in tmaze_row
     assert "Evaluation took 10.0% of the runs' wall time" in report
     assert "## Not finished (not in the statistics)" in report and "seed_9" in report
     assert (comparison / "report" / "profiles.png").stat().st_size > 1000
