@@ -26,20 +26,40 @@ def bootstrap_ci(
     return estimate, float(np.percentile(replicated, tail)), float(np.percentile(replicated, 100 - tail))
 
 
+def _bootstrap_two_groups(
+    statistic, treated: np.ndarray, control: np.ndarray, confidence: float, reps: int, seed: int
+) -> tuple[float, float, float]:
+    """
+    ``statistic(treated, control)`` and its percentile bootstrap CI, each group resampled on its own.
+    ``statistic`` takes arrays whose last axis holds the runs (a leading axis holds the replicates).
+    """
+    treated, control = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
+    estimate = float(statistic(treated, control))
+    if len(treated) < 2 or len(control) < 2:
+        return estimate, estimate, estimate
+    rng = np.random.default_rng(seed)
+    first = treated[rng.integers(0, len(treated), size=(reps, len(treated)))]
+    second = control[rng.integers(0, len(control), size=(reps, len(control)))]
+    replicated = statistic(first, second)
+    tail = (1 - confidence) / 2 * 100
+    return estimate, float(np.percentile(replicated, tail)), float(np.percentile(replicated, 100 - tail))
+
+
+def _mean_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return first.mean(-1) - second.mean(-1)
+
+
+def _probability_above(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    above = (first[..., :, None] > second[..., None, :]).mean((-2, -1))
+    tied = (first[..., :, None] == second[..., None, :]).mean((-2, -1))
+    return above + 0.5 * tied
+
+
 def difference_ci(
     treated: np.ndarray, control: np.ndarray, confidence: float = 0.95, reps: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
     """Mean of ``treated`` minus mean of ``control`` with a bootstrap CI (each group resampled)."""
-    treated, control = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
-    estimate = float(treated.mean() - control.mean())
-    if len(treated) < 2 or len(control) < 2:
-        return estimate, estimate, estimate
-    rng = np.random.default_rng(seed)
-    first = treated[rng.integers(0, len(treated), size=(reps, len(treated)))].mean(1)
-    second = control[rng.integers(0, len(control), size=(reps, len(control)))].mean(1)
-    tail = (1 - confidence) / 2 * 100
-    differences = first - second
-    return estimate, float(np.percentile(differences, tail)), float(np.percentile(differences, 100 - tail))
+    return _bootstrap_two_groups(_mean_difference, treated, control, confidence, reps, seed)
 
 
 def probability_of_improvement(
@@ -49,22 +69,7 @@ def probability_of_improvement(
     P(a run of ``treated`` scores above a run of ``control``), ties counting half (rliable's
     probability of improvement on one task), with a bootstrap CI (each group resampled).
     """
-    treated, control = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
-
-    def probability(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        above = (first[..., :, None] > second[..., None, :]).mean((-2, -1))
-        tied = (first[..., :, None] == second[..., None, :]).mean((-2, -1))
-        return above + 0.5 * tied
-
-    estimate = float(probability(treated, control))
-    if len(treated) < 2 or len(control) < 2:
-        return estimate, estimate, estimate
-    rng = np.random.default_rng(seed)
-    first = treated[rng.integers(0, len(treated), size=(reps, len(treated)))]
-    second = control[rng.integers(0, len(control), size=(reps, len(control)))]
-    replicated = probability(first, second)
-    tail = (1 - confidence) / 2 * 100
-    return estimate, float(np.percentile(replicated, tail)), float(np.percentile(replicated, 100 - tail))
+    return _bootstrap_two_groups(_probability_above, treated, control, confidence, reps, seed)
 
 
 def iqm(values: np.ndarray) -> float:
