@@ -451,26 +451,38 @@ def score_matrices(scores: pd.DataFrame, metric: str, arms: list[str]) -> dict[s
 
 def aggregate_table(scores: pd.DataFrame, arms: list[str], baseline: str, reps: int = 2000) -> str:
     """rliable across envs and seeds: IQM with stratified bootstrap CIs, and P(arm > baseline) with its CI."""
+    rows = ["| metric | arm | IQM [95% stratified bootstrap CI] | P(arm > baseline) [95% CI] |", "|---|---|---|---|"]
+    # rliable resamples with numpy's global generator (its random_state argument does not reach the
+    # draws): seed it here, and give it back, so that a report rebuilt from a folder is the same.
+    global_state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        for metric in ("final_return", "auc"):
+            rows += _aggregate_rows(score_matrices(scores, metric, arms), metric, arms, baseline, reps)
+    finally:
+        np.random.set_state(global_state)
+    return "\n".join(rows)
+
+
+def _aggregate_rows(
+    matrices: dict[str, np.ndarray], metric: str, arms: list[str], baseline: str, reps: int
+) -> list[str]:
     from rliable import library as rly
     from rliable import metrics
 
-    rows = ["| metric | arm | IQM [95% stratified bootstrap CI] | P(arm > baseline) [95% CI] |", "|---|---|---|---|"]
-    for metric in ("final_return", "auc"):
-        matrices = score_matrices(scores, metric, arms)
-        estimates, intervals = rly.get_interval_estimates(
-            matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
-        )
-        pairs = {f"{arm},{baseline}": (matrices[arm], matrices[baseline]) for arm in arms if arm != baseline}
-        improvement, improvement_ci = (
-            rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=reps // 2) if pairs else ({}, {})
-        )
-        for arm in arms:
-            key = f"{arm},{baseline}"
-            probability = (
-                _format(float(improvement[key]), *np.ravel(improvement_ci[key])) if key in improvement else "–"
-            )
-            rows.append(f"| {metric} | {arm} | {_format(estimates[arm][0], *intervals[arm][:, 0])} | {probability} |")
-    return "\n".join(rows)
+    estimates, intervals = rly.get_interval_estimates(
+        matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
+    )
+    pairs = {f"{arm},{baseline}": (matrices[arm], matrices[baseline]) for arm in arms if arm != baseline}
+    improvement, improvement_ci = (
+        rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=reps // 2) if pairs else ({}, {})
+    )
+    rows = []
+    for arm in arms:
+        key = f"{arm},{baseline}"
+        probability = _format(float(improvement[key]), *np.ravel(improvement_ci[key])) if key in improvement else "–"
+        rows.append(f"| {metric} | {arm} | {_format(estimates[arm][0], *intervals[arm][:, 0])} | {probability} |")
+    return rows
 
 
 def plot_curves(jobs: list[Job], env_ids: list[str], arms: list[str], path: Path) -> Path:

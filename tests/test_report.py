@@ -7,7 +7,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from experiments.compare import Arm, find_jobs, parse_arm, plan_jobs, training_curve, write_report
+from experiments.compare import (
+    Arm,
+    aggregate_table,
+    find_jobs,
+    parse_arm,
+    plan_jobs,
+    run_scores,
+    training_curve,
+    write_report,
+)
 from experiments.config import RunConfig, RunError
 from experiments.stats import difference_ci, iqm, probability_of_improvement
 
@@ -98,6 +107,16 @@ def test_report_statistics_match_hand_computation(comparison):
 
 def _probability(treated, control):
     return float(np.mean([(x > y) + 0.5 * (x == y) for x in treated for y in control]))
+
+
+def test_the_aggregate_is_the_same_on_every_rebuild(comparison):
+    scores = pd.DataFrame([score for job in find_jobs(comparison) if (score := run_scores(job)) is not None])
+    arms = sorted(scores["arm"].unique())
+    first = aggregate_table(scores, arms, "none", reps=200)
+    np.random.random(7)  # the caller's generator moved on: rliable's draws must not follow it
+    before = np.random.get_state()[1].copy()
+    assert aggregate_table(scores, arms, "none", reps=200) == first
+    assert np.array_equal(np.random.get_state()[1], before)  # and it is given back as it was
 
 
 def test_report_refuses_a_baseline_that_is_not_an_arm(comparison):
