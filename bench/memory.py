@@ -11,9 +11,9 @@ per 100 updates of a line fitted to the second half (the first updates allocate 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import os
+import resource
 import sys
 import time
 
@@ -27,27 +27,9 @@ import envs
 from agents import make_agent
 from experiments.config import RunConfig, learner_threads
 from experiments.runs import run_episodes
-from experiments.safety import ActingThreads, ReleaseFreedMemory
+from experiments.safety import ActingThreads, ReleaseFreedMemory, heap_breakdown
 
 MB = 1024**2
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
-    ]
-
-
-def heap_breakdown() -> dict[str, float] | None:
-    """glibc's view of the heap in MB (in use, free but kept, mmapped), or None off glibc."""
-    try:
-        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return None
-    mallinfo2.restype = _MallInfo2
-    info = mallinfo2()
-    return {"in_use": info.uordblks / MB, "free_kept": info.fordblks / MB, "mmapped": info.hblkhd / MB}
 
 
 class _RssPerUpdate(BaseCallback):
@@ -60,6 +42,7 @@ class _RssPerUpdate(BaseCallback):
         self.breakdown: list[dict[str, float]] = []
         self.updates = 0
         self.episodes = 0
+        self.page_faults: list[int] = []
         self.start = time.monotonic()
         self.deadline = self.start + minutes * 60 if minutes else float("inf")
 
@@ -70,6 +53,7 @@ class _RssPerUpdate(BaseCallback):
         self.workers.append(max((child.memory_info().rss / MB for child in children), default=0.0))
         self.hours.append((time.monotonic() - self.start) / 3600)
         self.updates += 1
+        self.page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
         # Where the memory sits tells a leak (in use, Python objects) from fragmentation (free but kept).
         heap = heap_breakdown() or {}
         heap["python_objects_k"] = len(gc.get_objects()) / 1000
@@ -111,6 +95,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--vec-env", default="subproc", choices=("subproc", "dummy"))
     parser.add_argument("--no-trim", action="store_true", help="without ReleaseFreedMemory, as before the fix")
+    parser.add_argument("--budget-mb", type=float, default=64, help="free heap kept (0: trim at every update)")
     parser.add_argument("--onednn-cache", default="64", help="oneDNN's primitive cache (runs: 64; its own: 1024)")
     args = parser.parse_args()
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = args.onednn_cache  # read at oneDNN's first primitive
@@ -125,16 +110,20 @@ def main() -> None:
     updates = 10**9 if args.minutes else args.updates
     start = time.perf_counter()
     # Trim before the probe reads RSS, as a run trims at the start of each rollout.
-    callbacks = [ActingThreads(threads)] + ([] if args.no_trim else [ReleaseFreedMemory()]) + [probe]
+    release = [] if args.no_trim else [ReleaseFreedMemory(args.budget_mb)]
+    callbacks = [ActingThreads(threads), *release, probe]
     model.learn(updates * model.n_steps * model.n_envs, callback=callbacks)
     vec.close()
+    release_note = f"ReleaseFreedMemory({args.budget_mb:g} MB, {release[0].trims} trims)" if release else "no trims"
     print(
         f"{args.env}, {args.algo} + CPC, {probe.updates} updates ({model.num_timesteps} steps, "
-        f"{probe.episodes} episodes, "
-        f"{time.perf_counter() - start:.0f} s), evaluation every {args.eval_every} updates, {args.vec_env} envs, "
-        f"{'without' if args.no_trim else 'with'} ReleaseFreedMemory, "
-        f"oneDNN primitive cache {os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}, {threads} learner threads"
+        f"{probe.episodes} episodes, {time.perf_counter() - start:.0f} s), evaluation every {args.eval_every} "
+        f"updates, {args.vec_env} envs, {release_note}, oneDNN primitive cache "
+        f"{os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}, {threads} learner threads"
     )
+    faults = np.diff(probe.page_faults[len(probe.page_faults) // 2 :])
+    # Each minor fault maps and zeroes a 4 KiB page: memory given back and then used again.
+    print(f"trainer's minor page faults per update, 2nd half: median {np.median(faults):.0f}")
     print(
         "| process | RSS after update 1 (MB) | RSS at the end (MB) | growth per 100 updates, 2nd half (MB) "
         "| growth per hour, 2nd half (MB) |"

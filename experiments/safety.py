@@ -155,26 +155,90 @@ class FiniteGuard(BaseCallback):
             )
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
+MB = 1024**2
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def _glibc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    if not all(hasattr(libc, name) for name in ("malloc_trim", "mallopt", "mallinfo2")):  # glibc < 2.33
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    return libc
+
+
+def heap_breakdown() -> dict[str, float] | None:
+    """glibc's view of the heap in MB (in use, free but kept, mmapped), or None off glibc."""
+    libc = _glibc()
+    if libc is None:
+        return None
+    info = libc.mallinfo2()
+    return {"in_use": info.uordblks / MB, "free_kept": info.fordblks / MB, "mmapped": info.hblkhd / MB}
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux's /proc)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 class ReleaseFreedMemory(BaseCallback):
     """
-    Hands the memory freed by each update back to the OS (glibc's ``malloc_trim``). Without it,
-    glibc keeps the freed blocks of torch's many differently sized tensors and a training
-    process grew ~30 MB per update (RecurrentPPO, with or without CPC: bench/memory.py).
+    Keeps the memory an update uses mapped from one update to the next, and hands the heap's free
+    memory back to the OS (glibc's ``malloc_trim``) once the process has grown ``budget_mb`` past
+    what it held after the last hand-back.
+
+    Why both: glibc left to itself keeps the freed blocks of torch's many differently sized tensors
+    (a training process grew ~30 MB per update, bench/memory.py), while trimming after every update
+    made the next one fault its ~200 MB of tensors back in, page by page (~50k page faults per
+    RecurrentPPO update at ~2.5 us each: about a tenth of the learner's time, docs/benchmarks.md).
+    So tensors below 256 MB come from the heap rather than from a fresh ``mmap``, the heap's top is
+    not trimmed on every ``free``, and growth is bounded by the budget. This sets glibc's
+    thresholds for the whole process; off glibc (or Linux) it does nothing.
+
+    :param budget_mb: growth of the resident memory (MB) allowed before the free memory is given back.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, budget_mb: float = 64) -> None:
         super().__init__()
-        try:
-            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            self._trim = None  # not glibc: nothing to do
+        self.budget_bytes = int(budget_mb * MB)
+        self._libc = _glibc() if os.path.exists("/proc/self/statm") else None
+        self._ceiling: int | None = None
+        self.trims = 0
+
+    def _on_training_start(self) -> None:
+        if self._libc is not None:
+            self._libc.mallopt(_M_MMAP_THRESHOLD, 256 * MB)
+            self._libc.mallopt(_M_TRIM_THRESHOLD, 1024 * MB)
 
     def _on_rollout_start(self) -> None:
-        if self._trim is not None:
-            self._trim(0)
+        if self._libc is None:
+            return
+        resident = resident_bytes()
+        if self._ceiling is None:
+            # Measured with an update's memory in place (or before the first): the level to keep.
+            self._ceiling = resident + self.budget_bytes
+        elif resident > self._ceiling:
+            self._libc.malloc_trim(0)
+            self.trims += 1
+            self._ceiling = None
 
     def _on_step(self) -> bool:
         return True
+
+    def _on_training_end(self) -> None:
+        if self._libc is not None:
+            self._libc.malloc_trim(0)  # what training kept is not needed by what comes after it
 
 
 class ActingThreads(BaseCallback):

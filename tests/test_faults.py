@@ -23,7 +23,15 @@ import envs
 from agents import make_agent
 from experiments.config import RunConfig, RunError, chosen_vec_env
 from experiments.runs import Run
-from experiments.safety import ActingThreads, FiniteGuard, FolderLock, NonFiniteError
+from experiments.safety import (
+    ActingThreads,
+    FiniteGuard,
+    FolderLock,
+    NonFiniteError,
+    ReleaseFreedMemory,
+    heap_breakdown,
+    resident_bytes,
+)
 
 TINY_PPO = dict(n_steps=40, batch_size=40, cpc_kwargs={"horizon": 8, "sequence_length": 40})
 SMALL_POLICY = {"features_extractor_kwargs": {"features_dim": 32}}
@@ -302,6 +310,37 @@ def test_acting_uses_one_thread_and_training_the_learner_threads():
     finally:
         torch.set_num_threads(before)
     assert seen == {"acting": {1}, "training": {2}}
+
+
+def _faults_filling(megabytes):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    tensor = torch.ones(megabytes * 2**20 // 4)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, tensor
+
+
+@pytest.mark.skipif(heap_breakdown() is None, reason="glibc >= 2.33 only")
+def test_freed_memory_stays_mapped_between_updates_up_to_the_budget():
+    release, spendthrift = ReleaseFreedMemory(budget_mb=32), ReleaseFreedMemory(budget_mb=4096)
+    release._on_training_start()
+    try:
+        release._on_rollout_start()
+        spendthrift._on_rollout_start()
+        faults = []
+        for _ in range(6):  # updates that each use a 48 MB tensor
+            count, tensor = _faults_filling(48)
+            del tensor
+            spendthrift._on_rollout_start()  # under its budget: keeps what was freed
+            faults.append(count)
+        # 48 MB is 12288 pages: faulted in once or twice while the heap grows, then reused.
+        assert faults[0] > 10_000 and sum(faults[3:]) < 1_000, faults
+        assert spendthrift.trims == 0
+        before = resident_bytes()
+        release._on_rollout_start()  # over its budget: hands the free memory back
+        assert release.trims == 1 and resident_bytes() < before - 40 * 2**20
+        count, tensor = _faults_filling(48)
+        assert count > 10_000  # given back, so faulted in again
+    finally:
+        release._on_training_end()
 
 
 def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path):
