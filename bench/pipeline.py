@@ -22,7 +22,7 @@ from stable_baselines3.common.logger import configure
 import envs
 from agents import make_agent
 from experiments.config import RunConfig, chosen_vec_env, learner_threads
-from experiments.safety import ActingThreads
+from experiments.safety import ActingThreads, ReleaseFreedMemory, keep_freed_memory_mapped
 
 
 def env_only(vec, steps: int) -> float:
@@ -44,8 +44,9 @@ def learner_only(model, repeats: int) -> float:
 
 def end_to_end(model, steps: int) -> float:
     start = time.perf_counter()
-    # As a run does: one thread while acting, the learner's while training.
-    model.learn(steps, reset_num_timesteps=False, callback=ActingThreads(torch.get_num_threads()))
+    # As a run does: one thread while acting, the learner's while training; memory kept mapped.
+    callbacks = [ActingThreads(torch.get_num_threads()), ReleaseFreedMemory()]
+    model.learn(steps, reset_num_timesteps=False, callback=callbacks)
     return steps / (time.perf_counter() - start)
 
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--vec-env", default="auto", choices=("auto", "subproc", "dummy"), help="auto: as runs choose")
     args = parser.parse_args()
     torch.set_num_threads(learner_threads(RunConfig()))
+    keep_freed_memory_mapped()  # as runs do: the learner reuses its memory without page faults
     print(
         f"{args.env}, presets with CPC, {args.vec_env} vec env ({chosen_vec_env(RunConfig(vec_env=args.vec_env))} "
         f"for the main job's 4 envs), {args.steps} steps, "

@@ -186,6 +186,21 @@ def heap_breakdown() -> dict[str, float] | None:
     return {"in_use": info.uordblks / MB, "free_kept": info.fordblks / MB, "mmapped": info.hblkhd / MB}
 
 
+def keep_freed_memory_mapped() -> bool:
+    """
+    Have glibc serve tensors below 256 MB from the heap and stop trimming its top on every
+    ``free``, so that what one update frees the next one reuses without page faults.
+
+    :return: False off glibc, where nothing was changed.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.mallopt(_M_MMAP_THRESHOLD, 256 * MB)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1024 * MB)
+    return True
+
+
 def resident_bytes() -> int:
     """This process's resident memory (Linux's /proc)."""
     with open("/proc/self/statm") as statm:
@@ -202,9 +217,8 @@ class ReleaseFreedMemory(BaseCallback):
     (a training process grew ~30 MB per update, bench/memory.py), while trimming after every update
     made the next one fault its ~200 MB of tensors back in, page by page (~50k page faults per
     RecurrentPPO update at ~2.5 us each: about a tenth of the learner's time, docs/benchmarks.md).
-    So tensors below 256 MB come from the heap rather than from a fresh ``mmap``, the heap's top is
-    not trimmed on every ``free``, and growth is bounded by the budget. This sets glibc's
-    thresholds for the whole process; off glibc (or Linux) it does nothing.
+    So training starts with :func:`keep_freed_memory_mapped`, and growth is bounded by the budget.
+    That sets glibc's thresholds for the whole process; off glibc (or Linux) this does nothing.
 
     :param budget_mb: growth of the resident memory (MB) allowed before the free memory is given back.
     """
@@ -218,8 +232,7 @@ class ReleaseFreedMemory(BaseCallback):
 
     def _on_training_start(self) -> None:
         if self._libc is not None:
-            self._libc.mallopt(_M_MMAP_THRESHOLD, 256 * MB)
-            self._libc.mallopt(_M_TRIM_THRESHOLD, 1024 * MB)
+            keep_freed_memory_mapped()
 
     def _on_rollout_start(self) -> None:
         if self._libc is None:
