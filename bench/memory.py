@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--vec-env", default="subproc", choices=("subproc", "dummy"))
     parser.add_argument("--no-trim", action="store_true", help="without ReleaseFreedMemory, as before the fix")
-    parser.add_argument("--budget-mb", type=float, default=64, help="free heap kept (0: trim at every update)")
+    parser.add_argument("--budget-mb", type=float, default=64, help="growth allowed before a trim (MB)")
     parser.add_argument("--onednn-cache", default="64", help="oneDNN's primitive cache (runs: 64; its own: 1024)")
     args = parser.parse_args()
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = args.onednn_cache  # read at oneDNN's first primitive
@@ -109,7 +109,7 @@ def main() -> None:
     probe = _RssPerUpdate(config, args.eval_every, args.minutes)
     updates = 10**9 if args.minutes else args.updates
     start = time.perf_counter()
-    # Trim before the probe reads RSS, as a run trims at the start of each rollout.
+    # Before the probe reads RSS: a run may trim at the start of each rollout.
     release = [] if args.no_trim else [ReleaseFreedMemory(args.budget_mb)]
     callbacks = [ActingThreads(threads), *release, probe]
     model.learn(updates * model.n_steps * model.n_envs, callback=callbacks)

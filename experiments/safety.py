@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import signal
 import threading
@@ -166,6 +167,7 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
+@functools.cache  # one handle per process: heap_breakdown runs once per update in bench/memory.py
 def _glibc() -> Any:
     try:
         libc = ctypes.CDLL("libc.so.6")
