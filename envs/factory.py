@@ -114,7 +114,7 @@ class MiniWorldAgentEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
     radians, wrapped to ``[-pi, pi)``) and, for tasks with one goal object, ``goal_pos`` (x, z).
 
     :param env: a MiniWorld env made by ``gymnasium.make``.
-    :param seed: seed of the first reset (and of the action space).
+    :param seed: seed of the first reset unless that reset is given one (and of the action space).
     """
 
     def __init__(self, env: gym.Env, seed: int | None = None) -> None:
@@ -127,8 +127,12 @@ class MiniWorldAgentEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self.action_space.seed(seed)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        if seed is None and self._first_seed is not None:
-            seed, self._first_seed = self._first_seed, None
+        # The first reset takes the seed it is given (SB3 gives one when the model has a seed), else
+        # the env's own; later resets continue that stream. A seed held back for later would
+        # reseed the second episode and replay the first.
+        if seed is None:
+            seed = self._first_seed
+        self._first_seed = None
         obs, info = self.env.reset(seed=seed, options=options)
         return obs, self._add_ground_truth(info)
 

@@ -109,6 +109,19 @@ def test_same_seed_same_observations_in_process_and_across_processes():
     assert np.array_equal(run_alone("MiniWorld-FourRooms-v0", 4, [])[0], first_obs[1])
 
 
+def test_a_seed_given_to_the_first_reset_replaces_the_envs_own():
+    def starts(first_reset_seed):
+        env = envs.make_env("MiniWorld-FourRooms-v0", seed=0)
+        try:
+            return [env.reset(seed=first_reset_seed)[0], env.reset()[0], env.reset()[0]]
+        finally:
+            env.close()
+
+    own, given = starts(None), starts(0)  # SB3 seeds a vec env's first reset when the model has a seed
+    assert all(np.array_equal(a, b) for a, b in zip(own, given, strict=True))
+    assert not np.array_equal(given[0], given[1])  # the second episode continues the stream, not a replay
+
+
 def test_time_limit_is_truncation_not_termination():
     env = envs.make_env("MiniWorld-Hallway-v0", seed=0, max_episode_steps=6)
     try:
