@@ -1,7 +1,6 @@
 """Faults of long runs, injected against real MiniWorld: dead env workers, NaN, two writers,
 a stopped comparison, a full disk. Each must stop cleanly, say what happened in one line, and lose nothing."""
 
-import ctypes
 import json
 import os
 import resource
@@ -30,6 +29,7 @@ from experiments.safety import (
     FolderLock,
     NonFiniteError,
     ReleaseFreedMemory,
+    _glibc,
     heap_breakdown,
     resident_bytes,
 )
@@ -322,7 +322,7 @@ def _faults_filling(megabytes):
 @pytest.mark.skipif(heap_breakdown() is None, reason="glibc >= 2.33 only")
 def test_freed_memory_stays_mapped_between_updates_up_to_the_budget():
     release, spendthrift = ReleaseFreedMemory(budget_mb=32), ReleaseFreedMemory(budget_mb=4096)
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # earlier tests' free memory would serve the first fill
+    _glibc().malloc_trim(0)  # earlier tests' free memory would serve the first fill
     release._on_training_start()
     try:
         release._on_rollout_start()
