@@ -57,11 +57,12 @@ def _add_overrides_flag(parser: argparse.ArgumentParser, help_text: str) -> None
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     # Names follow the RL Baselines3 Zoo where they overlap (--env, --algo, -n, --seed, ...).
-    parser.add_argument("--env", default=DEFAULT_ENV, help=f"MiniWorld id (default {DEFAULT_ENV})")
-    parser.add_argument("--algo", default="recurrent_ppo", choices=ALGORITHMS)
-    parser.add_argument("--aux", default="cpc", choices=AUX_CHOICES, help="auxiliary loss (cpca: action-conditioned)")
+    # None marks a flag not given (a --like run refuses the ones that would change the agent).
+    parser.add_argument("--env", default=None, help=f"MiniWorld id (default {DEFAULT_ENV})")
+    parser.add_argument("--algo", default=None, choices=ALGORITHMS, help="default recurrent_ppo")
+    parser.add_argument("--aux", default=None, choices=AUX_CHOICES, help="auxiliary loss (cpca: action-conditioned)")
     parser.add_argument("--steps", "-n", "--n-timesteps", dest="steps", type=int, default=None, help="total env steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="default 0")
     parser.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the preset's)")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
@@ -93,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint",
+    )
+    train.add_argument(
+        "--like",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="a new run with the settings recorded in RUN_DIR/settings.yaml, whatever today's presets say "
+        "(--seed, --steps, --run-dir, --device and run settings such as --set threads=1 may change)",
     )
 
     evaluate = commands.add_parser("eval", help="evaluate a trained run")
@@ -209,13 +218,23 @@ def command_train(args: argparse.Namespace) -> int:
     from experiments.config import apply_overrides
     from experiments.runs import read_config, read_status, train, validate
 
+    if args.resume is not None and args.like is not None:
+        raise RunError("--resume continues a run and --like starts a new one: give one of them")
     if args.resume is not None:
         if not args.resume.is_dir():
             raise RunError(f"run directory {args.resume} does not exist")
         config, run_dir, resume = read_config(args.resume), args.resume, True
+    elif args.like is not None:
+        config, resume = _like_config(args), False
+        run_dir = args.run_dir or _default_run_dir(config)
     else:
         config = RunConfig(
-            env=args.env, algo=args.algo, aux=args.aux, seed=args.seed, n_envs=args.n_envs, device=args.device
+            env=args.env or DEFAULT_ENV,
+            algo=args.algo or "recurrent_ppo",
+            aux=args.aux or "cpc",
+            seed=args.seed or 0,
+            n_envs=args.n_envs,
+            device=args.device,
         )
         if args.steps is not None:
             config.steps = args.steps
@@ -237,6 +256,32 @@ def command_train(args: argparse.Namespace) -> int:
         f"results in {run_dir}: learning_curve.png, evaluations.csv, model.zip, logs/ (TensorBoard)"
     )
     return 0
+
+
+def _like_config(args: argparse.Namespace) -> RunConfig:
+    """The config of ``train --like RUN_DIR``: the recorded settings, with the seed, budget and run settings given."""
+    from experiments.config import RUN_SETTINGS, apply_overrides
+    from experiments.runs import like_config
+
+    fixed = {"--env": args.env, "--algo": args.algo, "--aux": args.aux, "--n-envs": args.n_envs}
+    given = [flag for flag, value in fixed.items() if value is not None]
+    if given:
+        raise RunError(f"--like takes the agent from {args.like}/settings.yaml; drop {', '.join(given)}")
+    overrides = _flatten(args.overrides)
+    agent_keys = [text.partition("=")[0].strip() for text in overrides]
+    agent_keys = [key for key in agent_keys if key not in RUN_SETTINGS]
+    if agent_keys:
+        raise RunError(
+            f"--like replays the recorded agent; --set {', '.join(agent_keys)} would change it "
+            f"(only run settings may change: {', '.join(RUN_SETTINGS)}). Start a run without --like for that"
+        )
+    config = like_config(args.like)
+    config.device = args.device
+    if args.seed is not None:
+        config.seed = args.seed
+    if args.steps is not None:
+        config.steps = args.steps
+    return apply_overrides(config, overrides)
 
 
 def command_eval(args: argparse.Namespace) -> int:

@@ -27,7 +27,8 @@ import pandas as pd
 
 from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperparams
 from experiments.files import save_figure_atomically, write_text_atomically
-from experiments.runs import episode_curve, read_config, read_status
+from experiments.record import PROVENANCE_FILE, agent_defining
+from experiments.runs import episode_curve, read_config, read_settings, read_status
 from experiments.safety import FolderLock, sigterm_as_interrupt
 from experiments.stats import bootstrap_ci, difference_ci, iqm, probability_of_improvement
 
@@ -317,6 +318,122 @@ def _run_jobs_on_ray(jobs: list[Job], workers: int, threads: int) -> list[str]:
     return [f"{job.run_dir}: exit {code}: {line}" for job, code, line in results if code != 0]
 
 
+NOT_RECORDED = "settings not recorded"
+# Keys that differ from task to task by design (a comparison gives each env its budget).
+_PER_TASK = ("env.", "run.env", "run.steps")
+
+
+def _short(key: str) -> str:
+    return key.removeprefix("algorithm.arguments.").removeprefix("run.")
+
+
+def _flat_settings(job: Job) -> dict[str, Any] | None:
+    settings = read_settings(job.run_dir)
+    return None if settings is None else agent_defining(settings)
+
+
+def split_mixed_arms(jobs: list[Job]) -> tuple[list[Job], list[str]]:
+    """
+    Runs that share an arm name on a task but whose recorded settings differ are reported as
+    separate arms: the settings most runs share keep the name, the others get the differing
+    values after it (``cpc [cpc_kwargs.horizon=30]``). Runs without recorded settings stay in
+    their arm.
+
+    :return: the jobs (arm names changed where split) and one line per split, naming the keys.
+    """
+    notes = []
+    for key in dict.fromkeys((job.config.env, job.arm) for job in jobs):
+        group = [job for job in jobs if (job.config.env, job.arm) == key]
+        flats = {id(job): _flat_settings(job) for job in group}
+        variants: list[dict[str, Any]] = []
+        for job in group:
+            flat = flats[id(job)]
+            if flat is not None and flat not in variants:
+                variants.append(flat)
+        if len(variants) < 2:
+            continue
+        counts = [sum(flats[id(job)] == variant for job in group) for variant in variants]
+        main = variants[int(np.argmax(counts))]
+        described = []
+        for variant, count in zip(variants, counts, strict=True):
+            changed = sorted(k for k in main.keys() | variant.keys() if main.get(k, "–") != variant.get(k, "–"))
+            label = ", ".join(f"{_short(k)}={variant.get(k, '–')}" for k in changed[:2])
+            label += ", ..." if len(changed) > 2 else ""
+            name = key[1] if variant is main else f"{key[1]} [{label}]"
+            described.append(f"`{name}` ({count} runs)")
+            for job in group:
+                if flats[id(job)] == variant:
+                    job.arm = name
+        differing = sorted({k for v in variants for k in v.keys() | main.keys() if v.get(k, "–") != main.get(k, "–")})
+        notes.append(
+            f"Arm `{key[1]}` on {key[0]} holds runs with different settings ({', '.join(map(_short, differing))}): "
+            f"reported apart as {', '.join(described)}."
+        )
+    return jobs, notes
+
+
+def settings_table(jobs: list[Job], arms: list[str]) -> str:
+    """Markdown: one row per arm, one column per setting whose value is not the same for every arm."""
+    per_arm: dict[str, dict[str, Any] | None] = {}
+    for arm in arms:
+        flats = [_flat_settings(job) for job in jobs if job.arm == arm]
+        recorded = [flat for flat in flats if flat is not None]
+        per_arm[arm] = {k: v for k, v in recorded[0].items() if not k.startswith(_PER_TASK)} if recorded else None
+    known = [flat for flat in per_arm.values() if flat is not None]
+    keys = sorted({k for flat in known for k in flat})
+    # A key only some arms have (CPC's, for `none`) is shown where its values differ between those arms.
+    differing = [k for k in keys if len({repr(flat[k]) for flat in known if k in flat}) > 1]
+    unrecorded = [arm for arm, flat in per_arm.items() if flat is None]
+    lines = []
+    if len(known) > 1 and not differing:
+        lines.append("Every arm whose settings were recorded has the same settings.")
+    if differing:
+        lines += [
+            "| arm | " + " | ".join(f"`{_short(k)}`" for k in differing) + " |",
+            "|---|" + "---|" * len(differing),
+        ]
+        for arm, flat in per_arm.items():
+            cells = [NOT_RECORDED] * len(differing) if flat is None else [str(flat.get(k, "–")) for k in differing]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    elif unrecorded:
+        lines.append(f"Arms {', '.join(f'`{arm}`' for arm in unrecorded)}: {NOT_RECORDED}.")
+    lines += [
+        "",
+        "Each run's `settings.yaml` holds all of its settings (algorithm arguments, policy, CPC, env, run); "
+        "seeds, threads and evaluation spacing are not compared.",
+    ]
+    return "\n".join(lines)
+
+
+def code_lines(jobs: list[Job], arms: list[str]) -> list[str]:
+    """Which code and package versions each arm's runs ran (from ``provenance.yaml``), when not all the same."""
+    import yaml
+
+    described: dict[str, set[str]] = {}
+    for arm in arms:
+        for job in jobs:
+            if job.arm != arm:
+                continue
+            path = job.run_dir / PROVENANCE_FILE
+            if not path.is_file():
+                described.setdefault(arm, set()).add("not recorded")
+                continue
+            segments = (yaml.safe_load(path.read_text()) or {}).get("segments") or [{}]
+            for segment in segments:
+                code = segment.get("code", {})
+                commit = code.get("commit", code.get("git", "unknown"))[:10]
+                dirty = " with uncommitted changes" if code.get("uncommitted_changes") else ""
+                packages = segment.get("packages") if isinstance(segment.get("packages"), dict) else {}
+                versions = ", ".join(f"{k} {v}" for k, v in packages.items() if k in ("torch", "stable-baselines3"))
+                described.setdefault(arm, set()).add(f"{commit}{dirty}" + (f" ({versions})" if versions else ""))
+    every = set().union(*described.values()) if described else set()
+    if len(every) <= 1:
+        return [f"Code: every run ran {next(iter(every))}.", ""] if every else []
+    lines = ["Code the runs ran (`provenance.yaml`; a commit per start or resume):", ""]
+    lines += [f"- `{arm}`: {'; '.join(sorted(values))}" for arm, values in described.items()]
+    return lines + [""]
+
+
 def training_curve(run_dir: Path, total_steps: int, bins: int = CURVE_BINS) -> np.ndarray:
     """Mean training-episode return in ``bins`` equal spans of the run's steps (NaN where none ended)."""
     episodes = episode_curve(run_dir)
@@ -559,6 +676,9 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
     Unfinished runs are listed, never counted.
     """
     report_dir = Path(out_dir) / "report"
+    jobs, mixed = split_mixed_arms(jobs)
+    for line in mixed:
+        print(f"report: {line}", file=sys.stderr)
     env_ids = list(dict.fromkeys(job.config.env for job in jobs))
     arms = list(dict.fromkeys(job.arm for job in jobs))
     baseline = baseline or ("none" if "none" in arms else arms[0])
@@ -586,6 +706,9 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
     ]
     if eval_share.notna().any():
         lines += [f"Evaluation took {eval_share.mean():.1%} of the runs' wall time on average.", ""]
+    lines += ["## Arms by their settings", ""]
+    lines += [item for line in mixed for item in (f"**{line}**", "")]
+    lines += [settings_table(jobs, arms), "", *code_lines(jobs, arms)]
     for env_id in env_ids:
         lines += [f"## {env_id}", "", env_table(scores, env_id, arms, baseline), ""]
     present = scores.groupby(["env", "arm"]).size()

@@ -1,6 +1,8 @@
 """Training runs on disk: config, checkpoints, resume, evaluation, learning curves.
 
-A run directory holds ``config.yaml`` (the resolved config), ``command.txt``, ``status.json``,
+A run directory holds ``config.yaml`` (what was asked for), ``settings.yaml`` (what that built: every
+setting of the algorithm, policy, CPC, env and run), ``provenance.yaml`` (code, versions, machine and
+command of each start or resume), ``command.txt``, ``status.json``,
 ``model.zip`` (when finished), ``checkpoints/``, ``monitor/`` (SB3 Monitor CSVs),
 ``logs/segment_*/`` (SB3's ``progress.csv`` and TensorBoard events; one segment per start or
 resume), ``evaluations.csv`` and ``learning_curve.png``.
@@ -45,6 +47,16 @@ from experiments.files import (
     write_text_atomically,
     write_yaml,
 )
+from experiments.record import (
+    PROVENANCE_FILE,
+    SETTINGS_FILE,
+    SettingsError,
+    agent_defining,
+    differences,
+    effective_settings,
+    provenance,
+    resolve_references,
+)
 from experiments.safety import (
     ActingThreads,
     FiniteGuard,
@@ -63,7 +75,11 @@ from experiments.stats import mean_ci, wilson_interval
 
 
 def build_model(config: RunConfig, vec_env: Any) -> BaseAlgorithm:
-    """The model of a fresh run."""
+    """The model of a fresh run (settings recorded by ``--like`` name their classes: they are imported here)."""
+    try:
+        hyperparams = resolve_references(config.hyperparams)
+    except SettingsError as error:
+        raise RunError(f"bad hyper-parameters for {config.algo}: {error}") from None
     try:
         return make_agent(
             config.algo,
@@ -73,10 +89,89 @@ def build_model(config: RunConfig, vec_env: Any) -> BaseAlgorithm:
             device=config.device,
             precision=config.precision,
             cpc_kwargs=dict(config.cpc_kwargs) or None,
-            **config.hyperparams,
+            **hyperparams,
         )
     except (ValueError, TypeError) as error:
         raise RunError(f"bad hyper-parameters for {config.algo}: {error}") from None
+
+
+def read_settings(run_dir: Path) -> dict[str, Any] | None:
+    """A run's effective settings (``settings.yaml``), or None for a run made before they were recorded."""
+    path = Path(run_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        settings = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RunError(f"{path} is not valid YAML ({error}); restore it from version control") from None
+    if not isinstance(settings, dict) or not {"run", "algorithm", "env"} <= set(settings):
+        raise RunError(f"{path} is not a settings file (it needs run, algorithm and env)")
+    return settings
+
+
+def like_config(run_dir: Path) -> RunConfig:
+    """
+    A config that builds the agent recorded in ``run_dir/settings.yaml`` whatever today's presets
+    say: every algorithm argument, policy kwarg, CPC and env setting is given explicitly.
+    Run settings (threads, vec env, device) are not replayed: they keep their defaults.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} does not exist")
+    settings = read_settings(run_dir)
+    if settings is None:
+        raise RunError(
+            f"{run_dir} has no {SETTINGS_FILE} (a run made before runs recorded their settings, or not a run "
+            "directory): nothing exact to replay"
+        )
+    run, env = settings["run"], settings["env"]
+    arguments = dict(settings["algorithm"]["arguments"])
+    cpc_kwargs = arguments.pop("cpc_kwargs", None)
+    try:
+        resolve_references(arguments)  # an unknown or untrusted class fails here, before anything starts
+    except SettingsError as error:
+        raise RunError(f"{run_dir / SETTINGS_FILE}: {error}") from None
+    kept = ("env", "algo", "aux", "steps", "seed", "eval_freq", "eval_episodes", "save_freq", "keep_checkpoints")
+    return RunConfig(
+        **{key: run[key] for key in kept},
+        n_envs=env["n_envs"],
+        precision=run.get("precision", "float32"),
+        hyperparams=arguments,
+        cpc_kwargs=cpc_kwargs or {},
+        env_kwargs=env.get("kwargs") or {},
+    )
+
+
+def _record_settings(run: Run, model: BaseAlgorithm, vec_env: Any, resume: bool) -> None:
+    """
+    Write ``settings.yaml`` (a fresh run, or a run from before it existed) and add this segment to
+    ``provenance.yaml``. A resumed run whose recorded settings today's code would not build from
+    the same config is refused, before anything is written.
+    """
+    config, run_dir = run.config, run.dir
+    recorded = read_settings(run_dir)
+    if resume and recorded is not None:
+        with torch.random.fork_rng():
+            fresh = build_model(config, vec_env)
+        today = effective_settings(config.to_dict(), fresh, vec_env, run.setup)
+        del fresh
+        changed = differences(agent_defining(recorded), agent_defining(today))
+        if changed:
+            raise RunError(
+                f"today's code would build a different agent from {run_dir}/config.yaml ({'; '.join(changed[:3])}"
+                f"{f'; {len(changed) - 3} more' if len(changed) > 3 else ''}): resume it with the code in its "
+                f"provenance.yaml, or start a run with its settings: train --like {run_dir} --run-dir NEW_DIR"
+            )
+    if recorded is None:
+        settings = effective_settings(config.to_dict(), model, vec_env, run.setup)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        late = " at a resume (the run began before settings were recorded)" if resume else ""
+        settings = {"recorded": f"{stamp}{late}", **settings}
+        write_yaml(run_dir / SETTINGS_FILE, settings)
+    path = run_dir / PROVENANCE_FILE
+    earlier = yaml.safe_load(path.read_text()) if path.is_file() else None
+    segments = earlier.get("segments", []) if isinstance(earlier, dict) else []
+    write_yaml(path, {**(earlier or {}), "segments": [*segments, provenance()]})
 
 
 def load_model(config: RunConfig, path: Path, vec_env: Any = None) -> BaseAlgorithm:
@@ -425,13 +520,19 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
             if created:  # nothing was trained: leave no half-made run behind
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
+        run.setup = {"threads": torch.get_num_threads(), "vec_env": vec_kind}
+        try:
+            _record_settings(run, model, vec_env, resume)
+        except RunError:
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         write_yaml(run_dir / "config.yaml", config.to_dict())
         with open(run_dir / "command.txt", "a") as file:
             file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join([sys.executable, *sys.argv])}\n")
         segment = len(list((run_dir / "logs").glob("segment_*"))) if (run_dir / "logs").exists() else 0
         model.set_logger(configure(str(run_dir / "logs" / f"segment_{segment}"), ["csv", "tensorboard"]))
         remaining = config.steps - model.num_timesteps
-        run.setup = {"threads": torch.get_num_threads(), "vec_env": vec_kind}
         run.write_status("running", model.num_timesteps)
         with sigterm_as_interrupt():
             if remaining > 0:
