@@ -185,6 +185,47 @@ def test_repeated_updates_on_a_fixed_rollout_lower_the_cpc_loss_and_log_every_ke
     assert min(losses[-5:]) < losses[0] * 0.85, losses
 
 
+@pytest.mark.parametrize("algo", list(CASES))
+def test_the_gradient_meter_splits_cpc_and_rl_gradients_at_the_shared_representation(algo):
+    model = build(algo, {**CPC, "coef": 1.0})
+    model.learn(model.n_steps * model.n_envs)
+    logged = model.logger.name_to_value
+    assert logged["train/cpc_grad_norm_z"] > 0 and logged["train/rl_grad_norm_z"] > 0
+    assert -1.0 <= logged["train/grad_cosine_z"] <= 1.0
+    if algo == "recurrent_ppo":  # the actor LSTM's output is c_t: both losses use it
+        assert logged["train/cpc_grad_norm_c"] > 0 and logged["train/rl_grad_norm_c"] > 0
+    # The split is exact: with coef=0 CPC sends nothing, with twice the weight twice as much.
+    control = build(algo, {**CPC, "coef": 0.0})
+    control.learn(control.n_steps * control.n_envs)
+    assert control.logger.name_to_value["train/cpc_grad_norm_z"] == 0.0
+    if algo == "a2c":  # one gradient step on the same rollout (each build reseeds the global RNGs)
+        norms = []
+        for coef in (1.0, 2.0):
+            model = build(algo, {**CPC, "coef": coef})
+            model.learn(model.n_steps * model.n_envs)
+            norms.append(model.logger.name_to_value["train/cpc_grad_norm_z"])
+        assert norms[1] == pytest.approx(2 * norms[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("algo", list(CASES))
+def test_decoupled_mode_trains_the_encoder_on_cpc_alone(algo):
+    def encoder(state):
+        return {name: value for name, value in state.items() if "features_extractor" in name}
+
+    model = build(algo, {**CPC, "coef": 0.0, "mode": "decoupled"})
+    initial = {name: value.clone() for name, value in model.policy.state_dict().items()}
+    after = learn_updates(model, updates=1)
+    # No CPC weight and no RL gradient: the encoder stays as it was, the rest learns.
+    assert all(torch.equal(after[n], initial[n]) for n in encoder(after))
+    assert any(not torch.equal(after[n], initial[n]) for n in after if n.startswith(("action_net", "value_net")))
+    assert model.logger.name_to_value["train/rl_grad_norm_z"] == 0.0
+    trained = build(algo, {**CPC, "coef": 1.0, "mode": "decoupled"})
+    after = learn_updates(trained, updates=1)
+    assert any(not torch.equal(after[n], initial[n]) for n in encoder(after))
+    assert trained.logger.name_to_value["train/rl_grad_norm_z"] == 0.0
+    assert trained.logger.name_to_value["train/cpc_grad_norm_z"] > 0
+
+
 def test_cpca_head_is_action_conditioned():
     model = build("ppo", {**CPC, "action_conditioned": True})
     assert model.policy.cpc_head.action_dim == 3

@@ -131,6 +131,13 @@ class _CPCAlgorithmMixin:
                 f"train/cpc_accuracy_k{horizon}": float(per_step[-1]),
                 "train/cpc_mi_bound": float(np.nanmean(mi_bound)),
             }
+        gradients = self.policy.gradient_meter.pop()
+        if gradients:
+            with warnings.catch_warnings():  # a cosine is NaN where one gradient is zero (coef=0, decoupled)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                for key in dict.fromkeys(key for record in gradients for key in record):
+                    values = np.array([record.get(key, np.nan) for record in gradients], dtype=float)
+                    self.cpc_figures[f"train/{key}"] = float(np.nanmean(values))
         for key, value in self.cpc_figures.items():
             self.logger.record(key, value)
 

@@ -17,7 +17,9 @@ CPC_DEFAULTS: dict[str, Any] = {
     "context_size": 128,
     "score_dim": None,
     "sequence_length": None,
+    "mode": "joint",
 }
+CPC_MODES = ("joint", "decoupled")
 """
 ``coef``: weight of the CPC loss in the actor-critic loss (0 computes and logs it without
 training on it). ``horizon``: steps predicted (the paper: 30). ``negatives``, ``num_negatives``:
@@ -25,7 +27,11 @@ see :class:`cpc_rl.CPCHead`. ``action_conditioned``: CPC|A (discrete actions onl
 ``context_size``: hidden size of the GRU that gives feed-forward policies their contexts.
 ``score_dim``: score in a learned projection of ``z`` of this size (see :class:`cpc_rl.CPCHead`).
 ``sequence_length``: length of the time-contiguous pieces of the rollout that A2C/PPO minibatches
-are made of (default ``min(n_steps, batch_size)``).
+are made of (default ``min(n_steps, batch_size)``). ``mode``: ``"joint"`` adds ``coef * L_cpc`` to
+the actor-critic loss, so the encoder (and the recurrent agent's LSTM) learn from both;
+``"decoupled"`` stops the RL gradient at the encoder's output, so the encoder learns from CPC
+alone and the heads (and LSTM) from RL as well (Stooke et al. 2021, ATC). With ``coef=0`` a
+decoupled encoder never learns: its control is itself at ``coef=0``, not the joint ``control``.
 """
 
 
@@ -57,6 +63,8 @@ def resolve_cpc_kwargs(
     if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not coef >= 0:
         raise ValueError(f"cpc_kwargs['coef'] must be a number >= 0; got {coef!r}")
     settings["coef"] = float(coef)
+    if settings["mode"] not in CPC_MODES:
+        raise ValueError(f"cpc_kwargs['mode'] must be one of {CPC_MODES}; got {settings['mode']!r}")
     if settings["negatives"] not in NEGATIVE_STRATEGIES:
         raise ValueError(f"cpc_kwargs['negatives'] must be one of {NEGATIVE_STRATEGIES}; got {settings['negatives']!r}")
     for key in ("horizon", "context_size"):

@@ -41,6 +41,61 @@ class _AddLossGradient(torch.autograd.Function):
         return grad_values, grad_loss, None
 
 
+class _GradientProbe(torch.autograd.Function):
+    """Identity on ``tensor``; its backward hands the gradient to ``record`` on its way through."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, record: Any) -> torch.Tensor:
+        ctx.record = record
+        return tensor.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        ctx.record(grad)
+        return grad, None
+
+
+class GradientMeter:
+    """
+    What the CPC and RL gradients do to a representation both losses use (``z_t``, and ``c_t`` of
+    the recurrent agent's shared LSTM), per minibatch, at no extra backward pass: a probe on the
+    CPC branch catches CPC's gradient, a hook on the tensor catches the total, and RL's is the
+    difference. Reported as norms (summed over the minibatch) and their cosine.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, float]] = []
+        self._pending: dict[str, dict[str, torch.Tensor]] = {}
+
+    def watch(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """Return the tensor CPC must use instead of ``tensor``; the RL loss keeps using ``tensor``."""
+        if not tensor.requires_grad:
+            return tensor
+        tensor.register_hook(lambda grad: self._arrive(name, "total", grad))
+        return _GradientProbe.apply(tensor, lambda grad: self._arrive(name, "cpc", grad))
+
+    def _arrive(self, name: str, part: str, grad: torch.Tensor) -> None:
+        parts = self._pending.setdefault(name, {})
+        parts[part] = grad.detach()
+        if len(parts) < 2:
+            return
+        del self._pending[name]
+        cpc, rl = parts["cpc"].flatten().float(), (parts["total"] - parts["cpc"]).flatten().float()
+        cpc_norm, rl_norm = cpc.norm(), rl.norm()
+        cosine = (cpc @ rl) / (cpc_norm * rl_norm) if cpc_norm > 0 and rl_norm > 0 else torch.tensor(float("nan"))
+        self.records.append(
+            {
+                f"cpc_grad_norm_{name}": float(cpc_norm),
+                f"rl_grad_norm_{name}": float(rl_norm),
+                f"grad_cosine_{name}": float(cosine),
+            }
+        )
+
+    def pop(self) -> list[dict[str, float]]:
+        records, self.records, self._pending = self.records, [], {}
+        return records
+
+
 @dataclass
 class SequenceLayout:
     """
@@ -73,10 +128,16 @@ class _CPCPolicyMixin:
         self._pending_layout: SequenceLayout | None = None
         self._stashed_features: torch.Tensor | None = None
         self._cpc_outputs: list[CPCOutput] = []
+        self.gradient_meter = GradientMeter()
 
     @property
     def has_cpc(self) -> bool:
         return self.cpc_kwargs is not None
+
+    @property
+    def decoupled(self) -> bool:
+        """The encoder learns from CPC only: the RL losses see its output detached (ATC's choice)."""
+        return self.has_cpc and self.cpc_kwargs.get("mode", "joint") == "decoupled"
 
     def _make_cpc_head(self, context_dim: int) -> CPCHead:
         settings = self.cpc_kwargs
@@ -103,6 +164,9 @@ class _CPCPolicyMixin:
         features = super().extract_features(obs, *args, **kwargs)
         if self._stashed_features is None and self._collecting:
             self._stashed_features = features if isinstance(features, torch.Tensor) else features[0]
+            if self.decoupled:
+                detached = [part.detach() for part in (features if isinstance(features, tuple) else (features,))]
+                return tuple(detached) if isinstance(features, tuple) else detached[0]
         return features
 
     _collecting = False
@@ -165,9 +229,10 @@ class CPCActorCriticPolicy(_CPCPolicyMixin, ActorCriticPolicy):
             values, log_prob, entropy = super().evaluate_actions(obs, actions)
         finally:
             self._collecting = False
-        embeddings = layout.time_major(self._stashed_features)
+        features = self.gradient_meter.watch(self._stashed_features, "z")
+        embeddings = layout.time_major(features)
         contexts = run_rnn_with_resets(self.cpc_context, embeddings, layout.episode_starts.to(embeddings.device))
-        loss = self._cpc_loss(layout, self._stashed_features, contexts, actions)
+        loss = self._cpc_loss(layout, features, contexts, actions)
         self._stashed_features = None
         return self._join(values, loss), log_prob, entropy
 
@@ -237,7 +302,15 @@ class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy)
             self._whole_sequences = self._collecting = False
         if layout is None:
             return values, log_prob, entropy
-        loss = self._cpc_loss(layout, self._stashed_features, self._actor_outputs, actions)
+        features = self.gradient_meter.watch(self._stashed_features, "z")
+        if self.decoupled:
+            # The RL losses ran the actor LSTM over the detached features; CPC's contexts come from
+            # the same LSTM over the features themselves, so CPC trains the encoder through c_t too.
+            starts = layout.time_major(episode_starts)
+            contexts = run_rnn_with_resets(self.lstm_actor, layout.time_major(features), starts, lstm_states.pi)
+        else:
+            contexts = self.gradient_meter.watch(self._actor_outputs, "c")
+        loss = self._cpc_loss(layout, features, contexts, actions)
         self._stashed_features = self._actor_outputs = None
         return self._join(values, loss), log_prob, entropy
 
