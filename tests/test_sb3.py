@@ -226,6 +226,27 @@ def test_decoupled_mode_trains_the_encoder_on_cpc_alone(algo):
     assert trained.logger.name_to_value["train/cpc_grad_norm_z"] > 0
 
 
+@pytest.mark.parametrize("algo", list(CASES))
+def test_balanced_mode_caps_cpc_gradient_and_at_weight_0_is_the_control(algo):
+    control = learn_updates(build(algo, {**CPC, "coef": 0.0}), updates=1)
+    balanced_control = learn_updates(build(algo, {**CPC, "coef": 0.0, "mode": "balanced"}), updates=1)
+    assert all(torch.equal(control[name], balanced_control[name]) for name in control)
+
+    where = "c" if algo == "recurrent_ppo" else "z"
+    ratios = {}
+    for mode in ("joint", "balanced"):
+        # Several minibatches per update (A2C: one per update, so three updates).
+        more = {} if algo == "a2c" else {"n_epochs": 4}
+        model = build(algo, {**CPC, "coef": 1.0, "mode": mode, "max_grad_ratio": 0.05}, **more)
+        model.learn(model.n_steps * model.n_envs * (3 if algo == "a2c" else 1))
+        logged = model.logger.name_to_value
+        ratios[mode] = logged[f"train/cpc_grad_norm_{where}"] / logged[f"train/rl_grad_norm_{where}"]
+        if mode == "balanced":
+            assert logged["train/cpc_effective_coef"] < 1.0
+    # The first minibatch runs at the full weight; the later ones hold CPC near 0.05 x RL.
+    assert ratios["balanced"] < ratios["joint"] / 2, ratios
+
+
 def test_cpca_head_is_action_conditioned():
     model = build("ppo", {**CPC, "action_conditioned": True})
     assert model.policy.cpc_head.action_dim == 3

@@ -131,6 +131,9 @@ class _CPCAlgorithmMixin:
                 f"train/cpc_accuracy_k{horizon}": float(per_step[-1]),
                 "train/cpc_mi_bound": float(np.nanmean(mi_bound)),
             }
+        coefs, self.policy.effective_coefs = self.policy.effective_coefs, []
+        if coefs and self.cpc_kwargs.get("mode") == "balanced":
+            self.cpc_figures["train/cpc_effective_coef"] = float(np.mean(coefs))
         gradients = self.policy.gradient_meter.pop()
         if gradients:
             with warnings.catch_warnings():  # a cosine is NaN where one gradient is zero (coef=0, decoupled)

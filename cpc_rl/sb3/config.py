@@ -18,8 +18,9 @@ CPC_DEFAULTS: dict[str, Any] = {
     "score_dim": None,
     "sequence_length": None,
     "mode": "joint",
+    "max_grad_ratio": 1.0,
 }
-CPC_MODES = ("joint", "decoupled")
+CPC_MODES = ("joint", "decoupled", "balanced")
 """
 ``coef``: weight of the CPC loss in the actor-critic loss (0 computes and logs it without
 training on it). ``horizon``: steps predicted (the paper: 30). ``negatives``, ``num_negatives``:
@@ -32,6 +33,9 @@ the actor-critic loss, so the encoder (and the recurrent agent's LSTM) learn fro
 ``"decoupled"`` stops the RL gradient at the encoder's output, so the encoder learns from CPC
 alone and the heads (and LSTM) from RL as well (Stooke et al. 2021, ATC). With ``coef=0`` a
 decoupled encoder never learns: its control is itself at ``coef=0``, not the joint ``control``.
+``"balanced"`` is joint with CPC's weight lowered, minibatch by minibatch, so that CPC's gradient
+where it enters the shared network (``z_t``; the LSTM output ``c_t`` of the recurrent agent) stays
+within ``max_grad_ratio`` times RL's gradient there; ``coef`` is the most it may be.
 """
 
 
@@ -65,6 +69,10 @@ def resolve_cpc_kwargs(
     settings["coef"] = float(coef)
     if settings["mode"] not in CPC_MODES:
         raise ValueError(f"cpc_kwargs['mode'] must be one of {CPC_MODES}; got {settings['mode']!r}")
+    ratio = settings["max_grad_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+        raise ValueError(f"cpc_kwargs['max_grad_ratio'] must be a number > 0; got {ratio!r}")
+    settings["max_grad_ratio"] = float(ratio)
     if settings["negatives"] not in NEGATIVE_STRATEGIES:
         raise ValueError(f"cpc_kwargs['negatives'] must be one of {NEGATIVE_STRATEGIES}; got {settings['negatives']!r}")
     for key in ("horizon", "context_size"):

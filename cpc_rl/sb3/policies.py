@@ -65,6 +65,7 @@ class GradientMeter:
 
     def __init__(self) -> None:
         self.records: list[dict[str, float]] = []
+        self.latest: dict[str, tuple[float, float]] = {}  # name -> (CPC's norm, RL's norm) of the last minibatch
         self._pending: dict[str, dict[str, torch.Tensor]] = {}
 
     def watch(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
@@ -83,6 +84,7 @@ class GradientMeter:
         cpc, rl = parts["cpc"].flatten().float(), (parts["total"] - parts["cpc"]).flatten().float()
         cpc_norm, rl_norm = cpc.norm(), rl.norm()
         cosine = (cpc @ rl) / (cpc_norm * rl_norm) if cpc_norm > 0 and rl_norm > 0 else torch.tensor(float("nan"))
+        self.latest[name] = (float(cpc_norm), float(rl_norm))
         self.records.append(
             {
                 f"cpc_grad_norm_{name}": float(cpc_norm),
@@ -129,6 +131,7 @@ class _CPCPolicyMixin:
         self._stashed_features: torch.Tensor | None = None
         self._cpc_outputs: list[CPCOutput] = []
         self.gradient_meter = GradientMeter()
+        self.effective_coefs: list[float] = []  # CPC's weight in each minibatch since the last log
 
     @property
     def has_cpc(self) -> bool:
@@ -138,6 +141,25 @@ class _CPCPolicyMixin:
     def decoupled(self) -> bool:
         """The encoder learns from CPC only: the RL losses see its output detached (ATC's choice)."""
         return self.has_cpc and self.cpc_kwargs.get("mode", "joint") == "decoupled"
+
+    # Where CPC's gradient enters the network that RL also trains, and the two can be told apart:
+    # z_t for feed-forward policies (the GRU over z is CPC's own), c_t for the recurrent agent.
+    _balance_at = "z"
+
+    def _effective_coef(self) -> float:
+        """
+        ``coef``, or in ``balanced`` mode at most what keeps CPC's gradient at the shared
+        representation within ``max_grad_ratio`` times RL's, judged on the previous minibatch
+        (CPC's gradient grows linearly with the weight, so one measurement sets the next weight).
+        """
+        coef = self.cpc_kwargs["coef"]
+        if self.cpc_kwargs.get("mode") != "balanced" or coef == 0:
+            return coef
+        cpc_norm, rl_norm = self.gradient_meter.latest.get(self._balance_at, (0.0, 0.0))
+        used = getattr(self, "_last_coef", coef)
+        if cpc_norm == 0 or used == 0:
+            return coef
+        return min(coef, self.cpc_kwargs["max_grad_ratio"] * rl_norm * used / cpc_norm)
 
     def _make_cpc_head(self, context_dim: int) -> CPCHead:
         settings = self.cpc_kwargs
@@ -181,7 +203,9 @@ class _CPCPolicyMixin:
         return output.loss
 
     def _join(self, values: torch.Tensor, cpc_loss: torch.Tensor) -> torch.Tensor:
-        return _AddLossGradient.apply(values, cpc_loss, self.cpc_kwargs["coef"])
+        self._last_coef = coef = self._effective_coef()
+        self.effective_coefs.append(coef)
+        return _AddLossGradient.apply(values, cpc_loss, coef)
 
     def pop_cpc_outputs(self) -> list[CPCOutput]:
         """The CPC outputs of the minibatches since the last call (for logging)."""
@@ -255,6 +279,8 @@ class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy)
 
     :param cpc_kwargs: resolved CPC settings, or None for no head (the faster LSTM path stays).
     """
+
+    _balance_at = "c"
 
     def __init__(self, *args: Any, cpc_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._init_cpc_state(cpc_kwargs)
