@@ -22,6 +22,8 @@ configure_headless()
 # Tasks whose reward is reaching one goal object, held as ``env.box``.
 GOAL_TASKS = (
     "SignMemory",
+    "CueCorridor",
+    "CueTMaze",
     "Hallway",
     "OneRoom",
     "FourRooms",

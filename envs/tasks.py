@@ -23,6 +23,8 @@ SIGN_COLORS = ("blue", "red", "green")
 # What each task of the suite tests, as envs.list_envs(with_kinds=True) shows it.
 TASK_KINDS: dict[str, str] = {
     "MiniWorld-SignMemory-v0": "memory: read a sign, turn away, go to the box of its colour",
+    "MiniWorld-CueCorridor-v0": "memory over a delay: see a colour, walk a corridor, touch the box of that colour",
+    "MiniWorld-CueTMaze-v0": "memory at a choice: see a colour, walk a T's stem, take the arm it names",
     "MiniWorld-TMaze-v0": "exploration + memory: look down the arms of a T, remember where the box is",
     "MiniWorld-YMaze-v0": "exploration + memory: as TMaze, arms at 120 degrees",
     "MiniWorld-MazeS3Fast-v0": "exploration: a new 3x3 maze each episode",
@@ -86,15 +88,127 @@ def _sign_memory_class() -> type:
             return obs, {**info, "sign_color": self.sign_color}
 
         def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-            obs, reward, terminated, truncated, info = super().step(action)
-            touched = [box for box in self.boxes if self.near(box)]
-            if touched:
-                nearest = min(touched, key=lambda box: np.linalg.norm(box.pos - self.agent.pos))
-                reward = self._reward() if nearest is self.box else 0.0
-                terminated, truncated = True, False
-            return obs, reward, terminated, truncated, {**info, "sign_color": self.sign_color}
+            return _step_to_a_box(self, super().step(action), "sign_color", self.sign_color)
 
     return SignMemory
+
+
+def _step_to_a_box(env: Any, stepped: tuple, key: str, cue: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+    """
+    The outcome of a step of a task whose episode ends at the first box touched: the nearest box
+    touched decides, ``env.box`` pays ``1 - 0.2 t/T`` and any other 0; the cue goes in ``info[key]``.
+    """
+    obs, reward, terminated, truncated, info = stepped
+    touched = [box for box in env.boxes if env.near(box)]
+    if touched:
+        nearest = min(touched, key=lambda box: np.linalg.norm(box.pos - env.agent.pos))
+        reward = env._reward() if nearest is env.box else 0.0
+        terminated, truncated = True, False
+    return obs, reward, terminated, truncated, {**info, key: cue}
+
+
+CUE_COLORS = ("red", "blue")
+
+
+@functools.cache
+def _cue_task_classes() -> tuple[type, type]:
+    import_miniworld()
+    from miniworld.entity import Box
+    from miniworld.miniworld import MiniWorldEnv
+    from miniworld.params import DEFAULT_PARAMS
+
+    class _CueTask(MiniWorldEnv, utils.EzPickle):
+        """
+        The agent starts facing a panel of a colour from :data:`CUE_COLORS` (the cue, drawn at every
+        reset) on the west wall, with its back to where it must go. Two boxes wait at the far end,
+        out of sight of the cue; the one the cue names pays ``1 - 0.2 t/T``, the other 0, and
+        touching either ends the episode. An agent that cannot remember the cue succeeds 1 time in
+        2 at best. Actions and moves as MiniWorld's Sign (turn 45 degrees, forward 0.7).
+        ``info["cue"]`` holds the cue's index.
+        """
+
+        def __init__(self, max_episode_steps: int = 40, **kwargs: Any) -> None:
+            params = DEFAULT_PARAMS.no_random()
+            params.set("forward_step", 0.7)
+            params.set("turn_step", 45)
+            self.cue = 0
+            MiniWorldEnv.__init__(self, params=params, max_episode_steps=max_episode_steps, domain_rand=False, **kwargs)
+            utils.EzPickle.__init__(self, max_episode_steps, **kwargs)
+            self.action_space = gym.spaces.Discrete(self.actions.move_forward + 1)
+
+        def _build_rooms(self) -> None:
+            raise NotImplementedError
+
+        def _box_positions(self) -> tuple[np.ndarray, np.ndarray]:
+            raise NotImplementedError
+
+        def _gen_world(self) -> None:
+            self._build_rooms()
+            self.cue = int(self.np_random.integers(len(CUE_COLORS)))
+            colours = self._box_colours()
+            self.boxes = [
+                self.place_entity(Box(color=colour, size=0.8), pos=position, dir=0.0)
+                for colour, position in zip(colours, self._box_positions(), strict=True)
+            ]
+            self.box = self.boxes[self.cue]
+            cue = Box(color=CUE_COLORS[self.cue], size=[0.1, 1.2, 1.6])
+            self.place_entity(cue, pos=np.array([0.1, 0.4, 0.0]), dir=0.0)
+            # Facing the cue (west), give or take 15 degrees.
+            heading = math.pi + self.np_random.uniform(-math.pi / 12, math.pi / 12)
+            self.place_agent(dir=heading, min_x=1.6, max_x=2.2, min_z=-0.4, max_z=0.4)
+
+        def _box_colours(self) -> tuple[str, str]:
+            return CUE_COLORS
+
+        def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+            obs, info = super().reset(seed=seed, options=options)
+            return obs, {**info, "cue": self.cue}
+
+        def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+            return _step_to_a_box(self, super().step(action), "cue", self.cue)
+
+    class CueCorridor(_CueTask):
+        """
+        A cue, then a delay: a corridor 9 units long and 4 wide; the red and the blue box stand at
+        its east end (red south, blue north). The agent reads the cue, turns round and walks the
+        corridor (about 14 steps); the box of the cue's colour pays.
+        """
+
+        def _build_rooms(self) -> None:
+            self.add_rect_room(min_x=0, max_x=9, min_z=-2, max_z=2)
+
+        def _box_positions(self) -> tuple[np.ndarray, np.ndarray]:
+            return np.array([8.3, 0, -1.3]), np.array([8.3, 0, 1.3])
+
+    class CueTMaze(_CueTask):
+        """
+        A cue, then a T: a stem 8 units long and 2 wide, and a crossbar whose two arms end in grey
+        boxes. A red cue means the south arm, a blue cue the north arm. From the junction both
+        boxes look the same: only the remembered cue tells them apart (about 16 steps).
+        """
+
+        def _build_rooms(self) -> None:
+            stem = self.add_rect_room(min_x=0, max_x=8, min_z=-1, max_z=1)
+            crossbar = self.add_rect_room(min_x=8, max_x=10, min_z=-5, max_z=5)
+            self.connect_rooms(stem, crossbar, min_z=-1, max_z=1)
+
+        def _box_positions(self) -> tuple[np.ndarray, np.ndarray]:
+            return np.array([9.0, 0, -4.3]), np.array([9.0, 0, 4.3])
+
+        def _box_colours(self) -> tuple[str, str]:
+            return ("grey", "grey")
+
+    return CueCorridor, CueTMaze
+
+
+def make_cue_corridor(**kwargs: Any) -> gym.Env:
+    """Entry point of ``MiniWorld-CueCorridor-v0``."""
+    return _cue_task_classes()[0](**kwargs)
+
+
+def make_cue_tmaze(**kwargs: Any) -> gym.Env:
+    """Entry point of ``MiniWorld-CueTMaze-v0``."""
+    return _cue_task_classes()[1](**kwargs)
 
 
 def make_sign_memory(**kwargs: Any) -> gym.Env:
@@ -112,5 +226,10 @@ def register_tasks() -> None:
         import_miniworld()
     except RendererUnavailableError:
         pass  # make_env says what to install when an env is made; importing envs still works
-    if "MiniWorld-SignMemory-v0" not in gym.registry:
-        gym.register("MiniWorld-SignMemory-v0", entry_point="envs.tasks:make_sign_memory")
+    for env_id, entry_point in (
+        ("MiniWorld-SignMemory-v0", "make_sign_memory"),
+        ("MiniWorld-CueCorridor-v0", "make_cue_corridor"),
+        ("MiniWorld-CueTMaze-v0", "make_cue_tmaze"),
+    ):
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=f"envs.tasks:{entry_point}")

@@ -255,6 +255,52 @@ def test_sign_memory_draws_the_word_at_every_reset_and_hides_it_from_the_boxes()
         env.close()
 
 
+# Poses where the agent must act on a cue it can no longer see: (x, z, heading) facing away from it.
+CUE_BLIND_POSES = {
+    "MiniWorld-CueCorridor-v0": [(3.0, 0.0, 0.0), (6.0, 0.5, 0.0), (7.0, 0.0, math.pi / 4)],
+    "MiniWorld-CueTMaze-v0": [(4.0, 0.0, 0.0), (9.0, 0.0, math.pi / 2), (9.0, 0.0, -math.pi / 2)],
+}
+
+
+@pytest.mark.parametrize("env_id", list(CUE_BLIND_POSES))
+def test_cue_tasks_show_the_cue_at_the_start_and_hide_it_where_the_choice_is_made(env_id):
+    env = envs.make_env(env_id, seed=5)
+    assert gym.spec(env_id) is not None and "memory" in envs.list_envs(with_kinds=True)[env_id]
+    world = env.unwrapped
+    try:
+        start, blind, cues = {}, {}, set()
+        for _ in range(12):
+            obs, info = env.reset()
+            cue = info["cue"]
+            cues.add(cue)
+            np.testing.assert_allclose(info["goal_pos"], [world.boxes[cue].pos[0], world.boxes[cue].pos[2]])
+            world.agent.pos, world.agent.dir = np.array([2.0, 0.0, 0.0]), math.pi  # facing the cue
+            start[cue] = world.render_obs()
+            blind[cue] = []
+            for x, z, heading in CUE_BLIND_POSES[env_id]:
+                world.agent.pos, world.agent.dir = np.array([x, 0.0, z]), heading
+                blind[cue].append(world.render_obs())
+        assert cues == {0, 1}
+        assert not np.array_equal(start[0], start[1])  # the cue is in view at the start...
+        for one, other in zip(blind[0], blind[1], strict=True):
+            assert np.array_equal(one, other)  # ...and nowhere to be seen where the choice is made
+        # The box the cue names pays; the other ends the episode with nothing.
+        for named, expect_reward in ((True, True), (False, False)):
+            _, info = env.reset()
+            box = world.boxes[info["cue"] if named else 1 - info["cue"]]
+            offset = (
+                np.array([-2.0, 0.0, 0.0])
+                if env_id.endswith("Corridor-v0")
+                else np.array([0, 0, -np.sign(box.pos[2]) * 2])
+            )
+            world.agent.pos = box.pos + offset
+            world.agent.dir = math.atan2(-(box.pos[2] - world.agent.pos[2]), box.pos[0] - world.agent.pos[0])
+            _, reward, terminated, truncated, info = env.step(world.actions.move_forward)
+            assert terminated and not truncated and (reward > 0) == expect_reward and info["cue"] in (0, 1)
+    finally:
+        env.close()
+
+
 def test_an_unguarded_script_gets_a_clear_error(tmp_path):
     script = tmp_path / "unguarded.py"
     script.write_text("import envs\nvec = envs.make_vec_env('MiniWorld-Hallway-v0', 2)\nvec.close()\n")
