@@ -9,6 +9,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from agents.presets import preset
 from cpc_rl.sb3 import CPCA2C, CPCPPO, CPCRecurrentPPO
 
+#: The CPC algorithm class of each preset name.
 ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {
     "a2c": CPCA2C,
     "ppo": CPCPPO,

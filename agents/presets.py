@@ -8,7 +8,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+#: The algorithms with presets.
 ALGORITHMS = ("a2c", "ppo", "recurrent_ppo")
+#: Auxiliary losses: CPC, action-conditioned CPC, or none.
 AUX_CHOICES = ("cpc", "cpca", "none")
 PRECISIONS = ("float32", "bfloat16")  # of the encoder's arithmetic
 
@@ -33,7 +35,8 @@ _PPO = {
 # ahead of the paper's horizon 30 (whose far steps have few or no pairs in 10-30-step episodes).
 _CPC = {"coef": 0.1, "horizon": 8}
 
-# The paper's agent: A2C-style updates on unrolls of 100 steps, predicting up to 30 steps ahead.
+#: The hyper-parameters of each algorithm, with and without CPC. The paper's agent: A2C-style
+#: updates on unrolls of 100 steps.
 PRESETS: dict[str, dict[str, Any]] = {
     "a2c": {
         "policy": "CnnPolicy",

@@ -10,6 +10,7 @@ from torch import nn
 
 from cpc_rl.infonce import scored_nce
 
+#: Where negatives come from: every valid target of the batch, the anchor's own sequence, or the others.
 NEGATIVE_STRATEGIES = ("all", "same_sequence", "other_sequences")
 
 

@@ -19,7 +19,7 @@ from envs.rendering import configure_headless, free_frame_buffers, give_own_disp
 
 configure_headless()
 
-# Tasks whose reward is reaching one goal object, held as ``env.box``.
+#: Tasks whose reward is reaching one goal object, held as ``env.box``: their ``info`` has ``goal_pos``.
 GOAL_TASKS = (
     "SignMemory",
     "CueCorridor",
@@ -35,7 +35,7 @@ GOAL_TASKS = (
     "YMaze",
 )
 
-# The benchmark suite: one MiniWorld task for each kind of DeepMind Lab task of the CPC paper.
+#: The benchmark suite: one MiniWorld task for each kind of DeepMind Lab task of the CPC paper.
 SUITE = (
     "MiniWorld-SignMemory-v0",
     "MiniWorld-TMaze-v0",

@@ -18,9 +18,10 @@ from gymnasium import utils
 
 from envs.rendering import RendererUnavailableError, import_miniworld
 
+#: The colours of MiniWorld-SignMemory-v0's sign; ``info["sign_color"]`` indexes it.
 SIGN_COLORS = ("blue", "red", "green")
 
-# What each task of the suite tests, as envs.list_envs(with_kinds=True) shows it.
+#: What each task of the suite tests, as ``envs.list_envs(with_kinds=True)`` shows it.
 TASK_KINDS: dict[str, str] = {
     "MiniWorld-SignMemory-v0": "memory: read a sign, turn away, go to the box of its colour",
     "MiniWorld-CueCorridor-v0": "memory over a delay: see a colour, walk a corridor, touch the box of that colour",
@@ -107,6 +108,7 @@ def _step_to_a_box(env: Any, stepped: tuple, key: str, cue: int) -> tuple[np.nda
     return obs, reward, terminated, truncated, {**info, key: cue}
 
 
+#: The cues of MiniWorld-CueCorridor-v0 and MiniWorld-CueTMaze-v0; ``info["cue"]`` indexes it.
 CUE_COLORS = ("red", "blue")
 
 

@@ -20,7 +20,6 @@ CPC_DEFAULTS: dict[str, Any] = {
     "mode": "joint",
     "max_grad_ratio": 1.0,
 }
-CPC_MODES = ("joint", "decoupled", "balanced")
 """
 ``coef``: weight of the CPC loss in the actor-critic loss (0 computes and logs it without
 training on it). ``horizon``: steps predicted (the paper: 30). ``negatives``, ``num_negatives``:
@@ -37,6 +36,9 @@ decoupled encoder never learns: its control is itself at ``coef=0``, not the joi
 where it enters the shared network (``z_t``; the LSTM output ``c_t`` of the recurrent agent) stays
 within ``max_grad_ratio`` times RL's gradient there; ``coef`` is the most it may be.
 """
+
+#: How CPC's gradient meets RL's (``cpc_kwargs["mode"]``, see :data:`CPC_DEFAULTS`).
+CPC_MODES = ("joint", "decoupled", "balanced")
 
 
 def resolve_cpc_kwargs(
