@@ -459,6 +459,52 @@ def cpc_figures(run_dir: Path, last_fraction: float = 0.1) -> dict[str, float]:
     }
 
 
+def gradient_figures(run_dir: Path) -> dict[str, float]:
+    """
+    CPC's gradient over RL's at the shared representation (``c_t``, else ``z_t``) and their cosine,
+    mean over a run's updates, if it logged them (``train/*_grad_*``).
+    """
+    frames = [pd.read_csv(path) for path in sorted(Path(run_dir).glob("logs/segment_*/progress.csv"))]
+    frames = [frame for frame in frames if "train/cpc_grad_norm_z" in frame]
+    if not frames:
+        return {}
+    progress = pd.concat(frames)
+    figures = {}
+    for where in ("c", "z"):
+        if f"train/cpc_grad_norm_{where}" not in progress:
+            continue
+        ratio = progress[f"train/cpc_grad_norm_{where}"] / progress[f"train/rl_grad_norm_{where}"]
+        ratio = ratio.replace([np.inf, -np.inf], np.nan)
+        figures[f"grad_ratio_{where}"] = float(ratio.mean()) if ratio.notna().any() else float("nan")
+        figures[f"grad_cosine_{where}"] = float(progress[f"train/grad_cosine_{where}"].mean())
+    return figures
+
+
+def gradient_table(scores: pd.DataFrame, env_id: str, arms: list[str]) -> str:
+    """Markdown: per arm, CPC's gradient over RL's and their cosine at c_t and z_t (means over updates and seeds)."""
+    columns = [key for key in ("grad_ratio_c", "grad_cosine_c", "grad_ratio_z", "grad_cosine_z") if key in scores]
+    of_env = scores[scores["env"] == env_id]
+    if not columns or of_env[columns].isna().all(axis=None):
+        return ""
+    names = {"grad_ratio_c": "CPC/RL at c", "grad_cosine_c": "cosine at c", "grad_ratio_z": "CPC/RL at z"}
+    names["grad_cosine_z"] = "cosine at z"
+    rows = ["| arm | " + " | ".join(names[key] for key in columns) + " |", "|---|" + "---|" * len(columns)]
+    for arm in arms:
+        group = of_env[of_env["arm"] == arm]
+        if group.empty or group[columns].isna().all(axis=None):
+            continue
+        cells = [f"{group[key].mean():.3f}" if group[key].notna().any() else "–" for key in columns]
+        rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(
+        [
+            "Gradients where CPC and RL meet (norm of CPC's weighted gradient over RL's, and their cosine; "
+            "means over updates, then seeds; `c`: the LSTM output, `z`: the encoder output):",
+            "",
+            *rows,
+        ]
+    )
+
+
 # What reports show of a run's probes (``run_agent.py probe``): where the agent is and which way it faces, from c_t.
 PROBED_TARGETS = ("position", "heading", "heading_sector")
 
@@ -495,6 +541,7 @@ def run_scores(job: Job) -> dict[str, Any] | None:
         "auc": float(np.nanmean(curve)) if not np.isnan(curve).all() else float("nan"),
         "steps": int(evaluations["step"].iloc[-1]),
         **cpc_figures(job.run_dir),
+        **gradient_figures(job.run_dir),
         **probe_scores(job.run_dir),
         "train_seconds": status.get("train_seconds", float("nan")),
         "eval_seconds": status.get("eval_seconds", float("nan")),
@@ -711,6 +758,8 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
     lines += [settings_table(jobs, arms), "", *code_lines(jobs, arms)]
     for env_id in env_ids:
         lines += [f"## {env_id}", "", env_table(scores, env_id, arms, baseline), ""]
+        gradients = gradient_table(scores, env_id, arms)
+        lines += [gradients, ""] if gradients else []
     present = scores.groupby(["env", "arm"]).size()
     if len(present) == len(env_ids) * len(arms) and len(env_ids) > 1:
         plot_profiles(scores, arms, report_dir / "profiles.png")

@@ -29,7 +29,10 @@ def site(tmp_path_factory):
 
 def test_the_site_opens_on_getting_started_and_lists_every_guide(site):
     index = (site / "index.html").read_text()
-    for page in ("getting-started", "guides/cpc-in-sb3", "guides/run-agent", "api", "cli", "benchmarks"):
+    assert "getting started" in re.search(r"<h1>(.*?)<", index).group(1).lower()
+    text = html.unescape(re.sub(r"<[^>]+>", "", index))
+    assert "pip install torch==2.13.0" in text and "python -m pytest -q" in text  # the two commands
+    for page in ("guides/cpc-in-sb3", "guides/run-agent", "guides/environments", "api", "cli", "benchmarks"):
         assert f'href="{page}.html"' in index, page
     assert "--like" in (site / "cli.html").read_text()  # generated from run_agent.py's parser
 
