@@ -1,11 +1,13 @@
-"""Wall time of training with CPC divided by the same without, per algorithm, in one run.
+"""Time of training with CPC divided by the same without, per task and algorithm, in one run.
 
-For each algorithm, plain (aux none) and CPC runs of the same preset alternate, several
+For each task and algorithm, plain (aux none) and CPC runs of the same preset alternate, several
 repeats, each from a fresh model after a short warm-up; the median ratio is printed with where
 the time goes (env stepping and inference vs training). Also compares plain sb3-contrib
 RecurrentPPO with CPCRecurrentPPO without CPC (its whole-sequence LSTM path) and with CPC.
+``--breakdown`` profiles one ``train()`` of each and prints what CPC adds, by kind of operation.
 
-    python bench/cpc_overhead.py [--env MiniWorld-Hallway-v0 --steps 2000 --repeats 3 --n-envs 4]
+    python bench/cpc_overhead.py [--envs MiniWorld-Hallway-v0 ... --steps 2000 --repeats 3 --n-envs 4]
+    OMP_NUM_THREADS=1 python bench/cpc_overhead.py --clock cpu --envs suite --breakdown
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def plain_recurrent_ppo(vec_env, device: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="MiniWorld-Hallway-v0")
+    parser.add_argument(
+        "--envs", nargs="+", default=["MiniWorld-Hallway-v0"], help="MiniWorld ids, or 'suite' for envs.SUITE + Hallway"
+    )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-envs", type=int, default=4)
@@ -63,16 +67,73 @@ def main() -> None:
         "(use with OMP_NUM_THREADS=1; envs run in-process)",
     )
     parser.add_argument("--horizon", type=int, help="CPC's horizon instead of the presets' (e.g. 30, the old default)")
+    parser.add_argument("--breakdown", action="store_true", help="profile one train() with and without CPC")
     args = parser.parse_args()
-    cpc_kwargs = {"horizon": args.horizon} if args.horizon else {}
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    vec_env = envs.make_vec_env(args.env, args.n_envs, vec_env="dummy")
+    env_ids = [*envs.SUITE, "MiniWorld-Hallway-v0"] if args.envs == ["suite"] else args.envs
     print(
-        f"{args.env}, {args.n_envs} envs (dummy vec env), {args.steps} steps per run, median of {args.repeats}, "
+        f"{args.n_envs} envs (dummy vec env), {args.steps} steps per run, median of {args.repeats}, "
         f"device {args.device}, {torch.get_num_threads()} torch threads, {args.clock} clock"
     )
-    print(f"| run | steps/s | share of time in training | {args.clock} time vs plain |")
-    print("|---|---|---|---|")
+    print(f"| task | run | steps/s | share of time in training | {args.clock} time vs plain |")
+    print("|---|---|---|---|---|")
+    breakdowns = []
+    for env_id in env_ids:
+        breakdowns += measure_task(env_id, args)
+    if breakdowns:
+        print("\nWhat CPC adds to one train(), by kind of operation (self CPU ms, CPC minus plain):\n")
+        kinds = list(OP_KINDS) + ["other"]
+        print("| task | algo | train() plain (ms) | train() CPC (ms) | " + " | ".join(kinds) + " |")
+        print("|---|---|---|---|" + "---|" * len(kinds))
+        for env_id, algo, plain, cpc in breakdowns:
+            extra = " | ".join(f"{cpc['by_kind'].get(k, 0) - plain['by_kind'].get(k, 0):+.0f}" for k in kinds)
+            task = env_id.removeprefix("MiniWorld-")
+            print(f"| {task} | {algo} | {plain['total']:.0f} | {cpc['total']:.0f} | {extra} |")
+        print("\nLargest additions, by operation (self CPU ms, CPC minus plain):\n")
+        for env_id, algo, plain, cpc in breakdowns:
+            added = {op: ms - plain["by_op"].get(op, 0.0) for op, ms in cpc["by_op"].items()}
+            top = sorted(added.items(), key=lambda item: -item[1])[:8]
+            listed = ", ".join(f"{op} {ms:+.0f}" for op, ms in top)
+            print(f"- {env_id.removeprefix('MiniWorld-')} {algo}: {listed}")
+
+
+# Operations by kind, matched on their names, for the breakdown.
+OP_KINDS = {
+    "recurrent (GRU/LSTM)": ("gru", "lstm", "rnn"),
+    "convolution": ("conv", "mkldnn_convolution"),
+    "matrix products": ("addmm", "mm", "bmm", "matmul", "linear", "baddbmm", "einsum"),
+    "copies and gathers": ("copy_", "index", "gather", "cat", "stack", "clone", "contiguous", "to_copy", "select"),
+    "softmax / cross-entropy": ("softmax", "logsumexp", "nll", "cross_entropy"),
+    "optimizer": ("adam", "addcdiv", "lerp", "sqrt", "_foreach"),
+}
+
+
+def profile_train(model) -> dict:
+    """Self CPU time of one ``train()`` on a collected rollout, by :data:`OP_KINDS`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.set_logger(configure(None, []))
+    model.learn(model.n_steps * model.n_envs)  # a rollout in the buffer, kernels warm
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        model.train()
+    by_kind: dict[str, float] = {}
+    by_op: dict[str, float] = {}
+    total = 0.0
+    for event in profiler.key_averages():
+        milliseconds = event.self_cpu_time_total / 1000
+        total += milliseconds
+        name = event.key.lower()
+        kind = next((k for k, words in OP_KINDS.items() if any(word in name for word in words)), "other")
+        by_kind[kind] = by_kind.get(kind, 0.0) + milliseconds
+        by_op[event.key] = milliseconds
+    return {"total": total, "by_kind": by_kind, "by_op": by_op}
+
+
+def measure_task(env_id: str, args: argparse.Namespace) -> list:
+    cpc_kwargs = {"horizon": args.horizon} if args.horizon else {}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    vec_env = envs.make_vec_env(env_id, args.n_envs, vec_env="dummy")
+    task = env_id.removeprefix("MiniWorld-")
+    breakdowns = []
     for algo in args.algos:
         builders = {
             "none": functools.partial(make_agent, algo, vec_env, aux="none", device=args.device),
@@ -89,8 +150,11 @@ def main() -> None:
             wall = statistics.median(w for w, _ in runs)
             training = statistics.median(t / w for w, t in runs)
             label = f"{algo} aux={name}" if name in ("none", "cpc") else name
-            print(f"| {label} | {args.steps / wall:.0f} | {training:.0%} | {wall / plain:.2f} |")
+            print(f"| {task} | {label} | {args.steps / wall:.0f} | {training:.0%} | {wall / plain:.2f} |", flush=True)
+        if args.breakdown:
+            breakdowns.append((env_id, algo, profile_train(builders["none"]()), profile_train(builders["cpc"]())))
     vec_env.close()
+    return breakdowns
 
 
 if __name__ == "__main__":
