@@ -135,7 +135,7 @@ def _cue_task_classes() -> tuple[type, type]:
             params.set("turn_step", 45)
             self.cue = 0
             MiniWorldEnv.__init__(self, params=params, max_episode_steps=max_episode_steps, domain_rand=False, **kwargs)
-            utils.EzPickle.__init__(self, max_episode_steps, **kwargs)
+            utils.EzPickle.__init__(self, max_episode_steps=max_episode_steps, **kwargs)
             self.action_space = gym.spaces.Discrete(self.actions.move_forward + 1)
 
         def _build_rooms(self) -> None:
@@ -171,31 +171,51 @@ def _cue_task_classes() -> tuple[type, type]:
 
     class CueCorridor(_CueTask):
         """
-        A cue, then a delay: a corridor 9 units long and 4 wide; the red and the blue box stand at
-        its east end (red south, blue north). The agent reads the cue, turns round and walks the
-        corridor (about 14 steps); the box of the cue's colour pays.
+        A cue, then a delay: a corridor ``length`` units long and 4 wide; the red and the blue box
+        stand at its east end (red south, blue north). The agent reads the cue, turns round and
+        walks the corridor; the box of the cue's colour pays.
+
+        :param length: of the corridor (the delay grows with it). At 6, a random policy touches a box
+            in 29% of episodes (the named one in 14%), about as often as in SignMemory (28%, 8%);
+            at 9 it did so in under 10%, and neither plain agent learned in 60k steps.
         """
 
+        def __init__(self, length: float = 6.0, max_episode_steps: int = 40, **kwargs: Any) -> None:
+            self.length = length
+            super().__init__(max_episode_steps=max_episode_steps, **kwargs)
+
         def _build_rooms(self) -> None:
-            self.add_rect_room(min_x=0, max_x=9, min_z=-2, max_z=2)
+            self.add_rect_room(min_x=0, max_x=self.length, min_z=-2, max_z=2)
 
         def _box_positions(self) -> tuple[np.ndarray, np.ndarray]:
-            return np.array([8.3, 0, -1.3]), np.array([8.3, 0, 1.3])
+            return np.array([self.length - 0.7, 0, -1.3]), np.array([self.length - 0.7, 0, 1.3])
 
     class CueTMaze(_CueTask):
         """
-        A cue, then a T: a stem 8 units long and 2 wide, and a crossbar whose two arms end in grey
-        boxes. A red cue means the south arm, a blue cue the north arm. From the junction both
-        boxes look the same: only the remembered cue tells them apart (about 16 steps).
+        A cue, then a T: a stem ``stem_length`` units long and 2 wide, and a crossbar whose two arms
+        (``arm_length`` each) end in grey boxes. A red cue means the south arm, a blue cue the
+        north arm. From the junction both boxes look the same: only the remembered cue tells them
+        apart. At the default sizes a random policy touches a box in 35% of episodes (the named
+        one in 16%).
         """
 
+        def __init__(
+            self, stem_length: float = 3.0, arm_length: float = 2.5, max_episode_steps: int = 40, **kwargs: Any
+        ) -> None:
+            self.stem_length, self.arm_length = stem_length, arm_length
+            super().__init__(max_episode_steps=max_episode_steps, **kwargs)
+
         def _build_rooms(self) -> None:
-            stem = self.add_rect_room(min_x=0, max_x=8, min_z=-1, max_z=1)
-            crossbar = self.add_rect_room(min_x=8, max_x=10, min_z=-5, max_z=5)
+            stem = self.add_rect_room(min_x=0, max_x=self.stem_length, min_z=-1, max_z=1)
+            end = self.stem_length + 2
+            crossbar = self.add_rect_room(
+                min_x=self.stem_length, max_x=end, min_z=-self.arm_length, max_z=self.arm_length
+            )
             self.connect_rooms(stem, crossbar, min_z=-1, max_z=1)
 
         def _box_positions(self) -> tuple[np.ndarray, np.ndarray]:
-            return np.array([9.0, 0, -4.3]), np.array([9.0, 0, 4.3])
+            x, z = self.stem_length + 1, self.arm_length - 0.7
+            return np.array([x, 0, -z]), np.array([x, 0, z])
 
         def _box_colours(self) -> tuple[str, str]:
             return ("grey", "grey")

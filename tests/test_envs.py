@@ -257,8 +257,8 @@ def test_sign_memory_draws_the_word_at_every_reset_and_hides_it_from_the_boxes()
 
 # Poses where the agent must act on a cue it can no longer see: (x, z, heading) facing away from it.
 CUE_BLIND_POSES = {
-    "MiniWorld-CueCorridor-v0": [(3.0, 0.0, 0.0), (6.0, 0.5, 0.0), (7.0, 0.0, math.pi / 4)],
-    "MiniWorld-CueTMaze-v0": [(4.0, 0.0, 0.0), (9.0, 0.0, math.pi / 2), (9.0, 0.0, -math.pi / 2)],
+    "MiniWorld-CueCorridor-v0": [(2.5, 0.0, 0.0), (3.5, 0.5, 0.0), (4.0, 0.0, math.pi / 4)],
+    "MiniWorld-CueTMaze-v0": [(2.5, 0.0, 0.0), (4.0, 0.0, math.pi / 2), (4.0, 0.0, -math.pi / 2)],
 }
 
 
