@@ -175,6 +175,8 @@ def test_repeated_updates_on_a_fixed_rollout_lower_the_cpc_loss_and_log_every_ke
         "train/cpc_loss",
         "train/cpc_accuracy",
         "train/cpc_accuracy_k1",
+        "train/cpc_accuracy_k2",
+        "train/cpc_accuracy_k3",
         "train/cpc_accuracy_k4",
         "train/cpc_mi_bound",
     } <= set(logged)

@@ -127,8 +127,7 @@ class _CPCAlgorithmMixin:
             self.cpc_figures = {
                 "train/cpc_loss": float(loss.mean()),
                 "train/cpc_accuracy": float(np.nanmean(per_step)),
-                "train/cpc_accuracy_k1": float(per_step[0]),
-                f"train/cpc_accuracy_k{horizon}": float(per_step[-1]),
+                **{f"train/cpc_accuracy_k{k}": float(per_step[k - 1]) for k in range(1, horizon + 1)},
                 "train/cpc_mi_bound": float(np.nanmean(mi_bound)),
             }
         coefs, self.policy.effective_coefs = self.policy.effective_coefs, []
