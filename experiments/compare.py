@@ -332,6 +332,12 @@ def _flat_settings(job: Job) -> dict[str, Any] | None:
     return None if settings is None else agent_defining(settings)
 
 
+def _differing(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    """Keys both settings hold with different values. A key only one holds is a setting that a newer
+    version of the code added (recorded at its default), not a difference between the runs."""
+    return sorted(key for key in first.keys() & second.keys() if first[key] != second[key])
+
+
 def split_mixed_arms(jobs: list[Job]) -> tuple[list[Job], list[str]]:
     """
     Runs that share an arm name on a task but whose recorded settings differ are reported as
@@ -346,28 +352,32 @@ def split_mixed_arms(jobs: list[Job]) -> tuple[list[Job], list[str]]:
         group = [job for job in jobs if (job.config.env, job.arm) == key]
         flats = {id(job): _flat_settings(job) for job in group}
         variants: list[dict[str, Any]] = []
+        members: list[list[Job]] = []
         for job in group:
             flat = flats[id(job)]
-            if flat is not None and flat not in variants:
+            if flat is None:
+                continue
+            same = next((i for i, variant in enumerate(variants) if not _differing(flat, variant)), None)
+            if same is None:
                 variants.append(flat)
+                members.append([job])
+            else:
+                members[same].append(job)
         if len(variants) < 2:
             continue
-        counts = [sum(flats[id(job)] == variant for job in group) for variant in variants]
-        main = variants[int(np.argmax(counts))]
-        described = []
-        for variant, count in zip(variants, counts, strict=True):
-            changed = sorted(k for k in main.keys() | variant.keys() if main.get(k, "–") != variant.get(k, "–"))
-            label = ", ".join(f"{_short(k)}={variant.get(k, '–')}" for k in changed[:2])
-            label += ", ..." if len(changed) > 2 else ""
-            name = key[1] if variant is main else f"{key[1]} [{label}]"
-            described.append(f"`{name}` ({count} runs)")
-            for job in group:
-                if flats[id(job)] == variant:
-                    job.arm = name
-        differing = sorted({k for v in variants for k in v.keys() | main.keys() if v.get(k, "–") != main.get(k, "–")})
+        main = int(np.argmax([len(runs) for runs in members]))
+        described, differing = [], set()
+        for index, (variant, runs) in enumerate(zip(variants, members, strict=True)):
+            changed = _differing(variants[main], variant)
+            differing.update(changed)
+            label = ", ".join(f"{_short(k)}={variant[k]}" for k in changed[:2]) + (", ..." if len(changed) > 2 else "")
+            name = key[1] if index == main else f"{key[1]} [{label}]"
+            described.append(f"`{name}` ({len(runs)} runs)")
+            for job in runs:
+                job.arm = name
         notes.append(
-            f"Arm `{key[1]}` on {key[0]} holds runs with different settings ({', '.join(map(_short, differing))}): "
-            f"reported apart as {', '.join(described)}."
+            f"Arm `{key[1]}` on {key[0]} holds runs with different settings "
+            f"({', '.join(map(_short, sorted(differing)))}): reported apart as {', '.join(described)}."
         )
     return jobs, notes
 

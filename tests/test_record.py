@@ -172,6 +172,12 @@ def test_reports_show_arms_by_settings_and_split_a_mixed_arm(tmp_path, capsys):
     assert "| cpc [cpc_kwargs.horizon=30] | 1 |" in report  # its own row in the task's table
     assert "| none | settings not recorded |" in report  # the arm without settings.yaml
     assert "cpc_kwargs.horizon" in capsys.readouterr().err
+    # A setting that newer code records (at its default) and older runs lack does not split an arm.
+    extra = yaml.safe_load((out / "runs/MiniWorld-Hallway-v0/cpc/seed_1/settings.yaml").read_text())
+    extra["algorithm"]["arguments"]["cpc_kwargs"]["mode"] = "joint"
+    (out / "runs/MiniWorld-Hallway-v0/cpc/seed_1/settings.yaml").write_text(yaml.safe_dump(extra))
+    jobs, notes = split_mixed_arms(find_jobs(out))
+    assert sorted({job.arm for job in jobs}) == ["cpc", "cpc [cpc_kwargs.horizon=30]", "none"]
 
 
 def test_every_committed_run_has_reconstructed_settings_and_provenance():
