@@ -41,7 +41,6 @@ def _sign_memory_class() -> type:
     import_miniworld()
     from miniworld.entity import Box, TextFrame
     from miniworld.miniworld import MiniWorldEnv
-    from miniworld.params import DEFAULT_PARAMS
 
     class SignMemory(MiniWorldEnv, utils.EzPickle):
         """
@@ -58,11 +57,10 @@ def _sign_memory_class() -> type:
         """
 
         def __init__(self, max_episode_steps: int = 30, **kwargs: Any) -> None:
-            params = DEFAULT_PARAMS.no_random()
-            params.set("forward_step", 0.7)
-            params.set("turn_step", 45)
             self.sign_color = 0
-            MiniWorldEnv.__init__(self, params=params, max_episode_steps=max_episode_steps, domain_rand=False, **kwargs)
+            MiniWorldEnv.__init__(
+                self, params=_sign_moves(), max_episode_steps=max_episode_steps, domain_rand=False, **kwargs
+            )
             utils.EzPickle.__init__(self, max_episode_steps, **kwargs)
             self.action_space = gym.spaces.Discrete(self.actions.move_forward + 1)
 
@@ -94,6 +92,16 @@ def _sign_memory_class() -> type:
     return SignMemory
 
 
+def _sign_moves() -> Any:
+    """MiniWorld's physics with the moves of its Sign task: forward 0.7, turns of 45 degrees, no randomness."""
+    from miniworld.params import DEFAULT_PARAMS
+
+    params = DEFAULT_PARAMS.no_random()
+    params.set("forward_step", 0.7)
+    params.set("turn_step", 45)
+    return params
+
+
 def _step_to_a_box(env: Any, stepped: tuple, key: str, cue: int) -> tuple[np.ndarray, float, bool, bool, dict]:
     """
     The outcome of a step of a task whose episode ends at the first box touched: the nearest box
@@ -117,7 +125,6 @@ def _cue_task_classes() -> tuple[type, type]:
     import_miniworld()
     from miniworld.entity import Box
     from miniworld.miniworld import MiniWorldEnv
-    from miniworld.params import DEFAULT_PARAMS
 
     class _CueTask(MiniWorldEnv, utils.EzPickle):
         """
@@ -130,11 +137,10 @@ def _cue_task_classes() -> tuple[type, type]:
         """
 
         def __init__(self, max_episode_steps: int = 40, **kwargs: Any) -> None:
-            params = DEFAULT_PARAMS.no_random()
-            params.set("forward_step", 0.7)
-            params.set("turn_step", 45)
             self.cue = 0
-            MiniWorldEnv.__init__(self, params=params, max_episode_steps=max_episode_steps, domain_rand=False, **kwargs)
+            MiniWorldEnv.__init__(
+                self, params=_sign_moves(), max_episode_steps=max_episode_steps, domain_rand=False, **kwargs
+            )
             utils.EzPickle.__init__(self, max_episode_steps=max_episode_steps, **kwargs)
             self.action_space = gym.spaces.Discrete(self.actions.move_forward + 1)
 
@@ -183,6 +189,7 @@ def _cue_task_classes() -> tuple[type, type]:
         def __init__(self, length: float = 6.0, max_episode_steps: int = 40, **kwargs: Any) -> None:
             self.length = length
             super().__init__(max_episode_steps=max_episode_steps, **kwargs)
+            utils.EzPickle.__init__(self, length=length, max_episode_steps=max_episode_steps, **kwargs)
 
         def _build_rooms(self) -> None:
             self.add_rect_room(min_x=0, max_x=self.length, min_z=-2, max_z=2)
@@ -204,6 +211,8 @@ def _cue_task_classes() -> tuple[type, type]:
         ) -> None:
             self.stem_length, self.arm_length = stem_length, arm_length
             super().__init__(max_episode_steps=max_episode_steps, **kwargs)
+            sizes = {"stem_length": stem_length, "arm_length": arm_length}
+            utils.EzPickle.__init__(self, **sizes, max_episode_steps=max_episode_steps, **kwargs)
 
         def _build_rooms(self) -> None:
             stem = self.add_rect_room(min_x=0, max_x=self.stem_length, min_z=-1, max_z=1)
