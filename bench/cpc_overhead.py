@@ -68,6 +68,7 @@ def main() -> None:
     )
     parser.add_argument("--horizon", type=int, help="CPC's horizon instead of the presets' (e.g. 30, the old default)")
     parser.add_argument("--breakdown", action="store_true", help="profile one train() with and without CPC")
+    parser.add_argument("--context-network", choices=("gru", "lstm"), help="A2C/PPO's CPC context network")
     args = parser.parse_args()
     env_ids = [*envs.SUITE, "MiniWorld-Hallway-v0"] if args.envs == ["suite"] else args.envs
     print(
@@ -130,6 +131,8 @@ def profile_train(model) -> dict:
 
 def measure_task(env_id: str, args: argparse.Namespace) -> list:
     cpc_kwargs = {"horizon": args.horizon} if args.horizon else {}
+    if args.context_network and args.algos != ["recurrent_ppo"]:
+        cpc_kwargs["context_network"] = args.context_network
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     vec_env = envs.make_vec_env(env_id, args.n_envs, vec_env="dummy")
     task = env_id.removeprefix("MiniWorld-")

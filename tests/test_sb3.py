@@ -249,6 +249,25 @@ def test_balanced_mode_caps_cpc_gradient_and_at_weight_0_is_the_control(algo):
     assert ratios["balanced"] < ratios["joint"] / 2, ratios
 
 
+def test_feed_forward_context_network_is_a_gru_or_an_lstm_and_old_models_keep_their_gru(tmp_path):
+    from torch import nn
+
+    model = build("ppo", {**CPC, "context_network": "lstm"})
+    assert isinstance(model.policy.cpc_context, nn.LSTM)
+    model.learn(model.n_steps * model.n_envs)
+    assert np.isfinite(model.logger.name_to_value["train/cpc_loss"])
+    model.save(tmp_path / "lstm.zip")
+    assert isinstance(CPCPPO.load(tmp_path / "lstm.zip", device="cpu").policy.cpc_context, nn.LSTM)
+    # A model saved before the choice existed stores cpc_kwargs without it: its context stays a GRU.
+    settings = dict(build("ppo", CPC).policy.cpc_kwargs)
+    del settings["context_network"]
+    policy = build("ppo", CPC).policy
+    rebuilt = type(policy)(policy.observation_space, policy.action_space, lambda _: 1e-3, cpc_kwargs=settings)
+    assert isinstance(rebuilt.cpc_context, nn.GRU)
+    with pytest.raises(ValueError, match="context_network"):
+        build("ppo", {**CPC, "context_network": "transformer"})
+
+
 def test_cpca_head_is_action_conditioned():
     model = build("ppo", {**CPC, "action_conditioned": True})
     assert model.policy.cpc_head.action_dim == 3

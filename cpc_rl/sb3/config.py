@@ -15,6 +15,7 @@ CPC_DEFAULTS: dict[str, Any] = {
     "num_negatives": None,
     "action_conditioned": False,
     "context_size": 128,
+    "context_network": "gru",
     "score_dim": None,
     "sequence_length": None,
     "mode": "joint",
@@ -24,7 +25,9 @@ CPC_DEFAULTS: dict[str, Any] = {
 ``coef``: weight of the CPC loss in the actor-critic loss (0 computes and logs it without
 training on it). ``horizon``: steps predicted (the paper: 30). ``negatives``, ``num_negatives``:
 see :class:`cpc_rl.CPCHead`. ``action_conditioned``: CPC|A (discrete actions only).
-``context_size``: hidden size of the GRU that gives feed-forward policies their contexts.
+``context_size``: hidden size of the recurrent network that gives feed-forward policies their
+contexts; ``context_network``: ``"gru"`` (default) or ``"lstm"``, which trains about 5 times faster
+on the CPU (one oneDNN call per sequence; torch steps a GRU one time step at a time there).
 ``score_dim``: score in a learned projection of ``z`` of this size (see :class:`cpc_rl.CPCHead`).
 ``sequence_length``: length of the time-contiguous pieces of the rollout that A2C/PPO minibatches
 are made of (default ``min(n_steps, batch_size)``). ``mode``: ``"joint"`` adds ``coef * L_cpc`` to
@@ -36,6 +39,9 @@ decoupled encoder never learns: its control is itself at ``coef=0``, not the joi
 where it enters the shared network (``z_t``; the LSTM output ``c_t`` of the recurrent agent) stays
 within ``max_grad_ratio`` times RL's gradient there; ``coef`` is the most it may be.
 """
+
+#: The recurrent networks that can give feed-forward policies their CPC contexts.
+CONTEXT_NETWORKS = ("gru", "lstm")
 
 #: How CPC's gradient meets RL's (``cpc_kwargs["mode"]``, see :data:`CPC_DEFAULTS`).
 CPC_MODES = ("joint", "decoupled", "balanced")
@@ -75,6 +81,10 @@ def resolve_cpc_kwargs(
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
         raise ValueError(f"cpc_kwargs['max_grad_ratio'] must be a number > 0; got {ratio!r}")
     settings["max_grad_ratio"] = float(ratio)
+    if settings["context_network"] not in CONTEXT_NETWORKS:
+        raise ValueError(
+            f"cpc_kwargs['context_network'] must be one of {CONTEXT_NETWORKS}; got {settings['context_network']!r}"
+        )
     if settings["negatives"] not in NEGATIVE_STRATEGIES:
         raise ValueError(f"cpc_kwargs['negatives'] must be one of {NEGATIVE_STRATEGIES}; got {settings['negatives']!r}")
     for key in ("horizon", "context_size"):

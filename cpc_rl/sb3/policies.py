@@ -240,7 +240,9 @@ class CPCActorCriticPolicy(_CPCPolicyMixin, ActorCriticPolicy):
             return
         # A forked RNG keeps every other initial weight and later random draw as without CPC.
         with torch.random.fork_rng(devices=[]):
-            self.cpc_context = nn.GRU(int(self.features_dim), self.cpc_kwargs["context_size"])
+            # Models saved before the choice existed hold no "context_network": theirs is a GRU.
+            network = nn.LSTM if self.cpc_kwargs.get("context_network", "gru") == "lstm" else nn.GRU
+            self.cpc_context = network(int(self.features_dim), self.cpc_kwargs["context_size"])
             self.cpc_head = self._make_cpc_head(self.cpc_kwargs["context_size"])
         self._rebuild_optimizer(lr_schedule)
 
