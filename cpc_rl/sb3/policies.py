@@ -64,8 +64,9 @@ class GradientMeter:
     """
 
     def __init__(self) -> None:
-        self.records: list[dict[str, float]] = []
-        self.latest: dict[str, tuple[float, float]] = {}  # name -> (CPC's norm, RL's norm) of the last minibatch
+        # Tensors until popped, so that measuring never waits for a GPU (a float() per minibatch would).
+        self.records: list[dict[str, torch.Tensor]] = []
+        self.latest: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (CPC's, RL's norm), last minibatch
         self._pending: dict[str, dict[str, torch.Tensor]] = {}
 
     def watch(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
@@ -83,19 +84,19 @@ class GradientMeter:
         del self._pending[name]
         cpc, rl = parts["cpc"].flatten().float(), (parts["total"] - parts["cpc"]).flatten().float()
         cpc_norm, rl_norm = cpc.norm(), rl.norm()
-        cosine = (cpc @ rl) / (cpc_norm * rl_norm) if cpc_norm > 0 and rl_norm > 0 else torch.tensor(float("nan"))
-        self.latest[name] = (float(cpc_norm), float(rl_norm))
+        self.latest[name] = (cpc_norm, rl_norm)
         self.records.append(
             {
-                f"cpc_grad_norm_{name}": float(cpc_norm),
-                f"rl_grad_norm_{name}": float(rl_norm),
-                f"grad_cosine_{name}": float(cosine),
+                f"cpc_grad_norm_{name}": cpc_norm,
+                f"rl_grad_norm_{name}": rl_norm,
+                f"grad_cosine_{name}": (cpc @ rl) / (cpc_norm * rl_norm),  # NaN where either is zero
             }
         )
 
     def pop(self) -> list[dict[str, float]]:
+        """The records since the last call, as numbers."""
         records, self.records, self._pending = self.records, [], {}
-        return records
+        return [{key: float(value) for key, value in record.items()} for record in records]
 
 
 @dataclass
@@ -155,7 +156,9 @@ class _CPCPolicyMixin:
         coef = self.cpc_kwargs["coef"]
         if self.cpc_kwargs.get("mode") != "balanced" or coef == 0:
             return coef
-        cpc_norm, rl_norm = self.gradient_meter.latest.get(self._balance_at, (0.0, 0.0))
+        if self._balance_at not in self.gradient_meter.latest:
+            return coef
+        cpc_norm, rl_norm = (float(norm) for norm in self.gradient_meter.latest[self._balance_at])
         used = getattr(self, "_last_coef", coef)
         if cpc_norm == 0 or used == 0:
             return coef
