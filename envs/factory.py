@@ -24,6 +24,7 @@ GOAL_TASKS = (
     "SignMemory",
     "CueCorridor",
     "CueTMaze",
+    "CueMatch",
     "Hallway",
     "OneRoom",
     "FourRooms",

@@ -26,6 +26,8 @@ TASK_KINDS: dict[str, str] = {
     "MiniWorld-SignMemory-v0": "memory: read a sign, turn away, go to the box of its colour",
     "MiniWorld-CueCorridor-v0": "memory over a delay: see a colour, walk a corridor, touch the box of that colour",
     "MiniWorld-CueTMaze-v0": "memory at a choice: see a colour, walk a T's stem, take the arm it names",
+    "MiniWorld-CueMatch-v0": "memory + matching: see a colour, walk a corridor, find the box of that colour "
+    "(its side drawn at every reset)",
     "MiniWorld-TMaze-v0": "exploration + memory: look down the arms of a T, remember where the box is",
     "MiniWorld-YMaze-v0": "exploration + memory: as TMaze, arms at 120 degrees",
     "MiniWorld-MazeS3Fast-v0": "exploration: a new 3x3 maze each episode",
@@ -116,12 +118,12 @@ def _step_to_a_box(env: Any, stepped: tuple, key: str, cue: int) -> tuple[np.nda
     return obs, reward, terminated, truncated, {**info, key: cue}
 
 
-#: The cues of MiniWorld-CueCorridor-v0 and MiniWorld-CueTMaze-v0; ``info["cue"]`` indexes it.
+#: The cues of MiniWorld-CueCorridor-v0, -CueTMaze-v0 and -CueMatch-v0; ``info["cue"]`` indexes it.
 CUE_COLORS = ("red", "blue")
 
 
 @functools.cache
-def _cue_task_classes() -> tuple[type, type]:
+def _cue_task_classes() -> tuple[type, type, type]:
     import_miniworld()
     from miniworld.entity import Box
     from miniworld.miniworld import MiniWorldEnv
@@ -197,6 +199,24 @@ def _cue_task_classes() -> tuple[type, type]:
         def _box_positions(self) -> tuple[np.ndarray, np.ndarray]:
             return np.array([self.length - 0.7, 0, -1.3]), np.array([self.length - 0.7, 0, 1.3])
 
+    class CueMatch(CueCorridor):
+        """
+        :class:`CueCorridor` with the boxes' sides drawn at every reset (``info["boxes_swapped"]``):
+        where the named box stands is known only at the far end, so the agent must match the colour
+        it remembers to the box it sees, not turn to a side the cue maps to.
+        """
+
+        swapped = False
+
+        def _box_positions(self) -> tuple[np.ndarray, np.ndarray]:
+            self.swapped = bool(self.np_random.integers(2))
+            south, north = super()._box_positions()
+            return (north, south) if self.swapped else (south, north)
+
+        def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+            obs, info = super().reset(seed=seed, options=options)
+            return obs, {**info, "boxes_swapped": self.swapped}
+
     class CueTMaze(_CueTask):
         """
         A cue, then a T: a stem ``stem_length`` units long and 2 wide, and a crossbar whose two arms
@@ -229,7 +249,7 @@ def _cue_task_classes() -> tuple[type, type]:
         def _box_colours(self) -> tuple[str, str]:
             return ("grey", "grey")
 
-    return CueCorridor, CueTMaze
+    return CueCorridor, CueTMaze, CueMatch
 
 
 def make_cue_corridor(**kwargs: Any) -> gym.Env:
@@ -240,6 +260,11 @@ def make_cue_corridor(**kwargs: Any) -> gym.Env:
 def make_cue_tmaze(**kwargs: Any) -> gym.Env:
     """Entry point of ``MiniWorld-CueTMaze-v0``."""
     return _cue_task_classes()[1](**kwargs)
+
+
+def make_cue_match(**kwargs: Any) -> gym.Env:
+    """Entry point of ``MiniWorld-CueMatch-v0``."""
+    return _cue_task_classes()[2](**kwargs)
 
 
 def make_sign_memory(**kwargs: Any) -> gym.Env:
@@ -261,6 +286,7 @@ def register_tasks() -> None:
         ("MiniWorld-SignMemory-v0", "make_sign_memory"),
         ("MiniWorld-CueCorridor-v0", "make_cue_corridor"),
         ("MiniWorld-CueTMaze-v0", "make_cue_tmaze"),
+        ("MiniWorld-CueMatch-v0", "make_cue_match"),
     ):
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=f"envs.tasks:{entry_point}")

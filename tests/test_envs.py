@@ -259,6 +259,7 @@ def test_sign_memory_draws_the_word_at_every_reset_and_hides_it_from_the_boxes()
 CUE_BLIND_POSES = {
     "MiniWorld-CueCorridor-v0": [(2.5, 0.0, 0.0), (3.5, 0.5, 0.0), (4.0, 0.0, math.pi / 4)],
     "MiniWorld-CueTMaze-v0": [(2.5, 0.0, 0.0), (4.0, 0.0, math.pi / 2), (4.0, 0.0, -math.pi / 2)],
+    "MiniWorld-CueMatch-v0": [(2.5, 0.0, 0.0), (3.5, 0.5, 0.0), (4.0, 0.0, math.pi / 4)],
 }
 
 
@@ -268,30 +269,37 @@ def test_cue_tasks_show_the_cue_at_the_start_and_hide_it_where_the_choice_is_mad
     assert gym.spec(env_id) is not None and "memory" in envs.list_envs(with_kinds=True)[env_id]
     world = env.unwrapped
     try:
-        start, blind, cues = {}, {}, set()
-        for _ in range(12):
+        # Frames by (cue, boxes swapped): only CueMatch swaps, and its blind frames may differ by the
+        # boxes' sides but never by the cue.
+        start, blind = {}, {}
+        for _ in range(16):
             obs, info = env.reset()
-            cue = info["cue"]
-            cues.add(cue)
+            cue, swapped = info["cue"], info.get("boxes_swapped", False)
             np.testing.assert_allclose(info["goal_pos"], [world.boxes[cue].pos[0], world.boxes[cue].pos[2]])
+            assert world.box.color == envs.tasks.CUE_COLORS[cue] or world.box.color == "grey"
             world.agent.pos, world.agent.dir = np.array([2.0, 0.0, 0.0]), math.pi  # facing the cue
             start[cue] = world.render_obs()
-            blind[cue] = []
+            blind[cue, swapped] = []
             for x, z, heading in CUE_BLIND_POSES[env_id]:
                 world.agent.pos, world.agent.dir = np.array([x, 0.0, z]), heading
-                blind[cue].append(world.render_obs())
-        assert cues == {0, 1}
+                blind[cue, swapped].append(world.render_obs())
+        assert set(start) == {0, 1}
         assert not np.array_equal(start[0], start[1])  # the cue is in view at the start...
-        for one, other in zip(blind[0], blind[1], strict=True):
-            assert np.array_equal(one, other)  # ...and nowhere to be seen where the choice is made
+        sides = {swapped for _, swapped in blind}
+        assert sides == ({False, True} if env_id.endswith("CueMatch-v0") else {False})
+        for swapped in sides:
+            for one, other in zip(blind[0, swapped], blind[1, swapped], strict=True):
+                assert np.array_equal(one, other)  # ...and nowhere to be seen where the choice is made
+        if len(sides) == 2:  # where the boxes stand shows at the far end
+            assert not np.array_equal(blind[0, False][-1], blind[0, True][-1])
         # The box the cue names pays; the other ends the episode with nothing.
         for named, expect_reward in ((True, True), (False, False)):
             _, info = env.reset()
             box = world.boxes[info["cue"] if named else 1 - info["cue"]]
             offset = (
-                np.array([-2.0, 0.0, 0.0])
-                if env_id.endswith("Corridor-v0")
-                else np.array([0, 0, -np.sign(box.pos[2]) * 2])
+                np.array([0, 0, -np.sign(box.pos[2]) * 2])
+                if env_id.endswith("TMaze-v0")
+                else np.array([-2.0, 0.0, 0.0])
             )
             world.agent.pos = box.pos + offset
             world.agent.dir = math.atan2(-(box.pos[2] - world.agent.pos[2]), box.pos[0] - world.agent.pos[0])
