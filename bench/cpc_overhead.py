@@ -4,7 +4,10 @@ For each task and algorithm, plain (aux none) and CPC runs of the same preset al
 repeats, each from a fresh model after a short warm-up; the median ratio is printed with where
 the time goes (env stepping and inference vs training). Also compares plain sb3-contrib
 RecurrentPPO with CPCRecurrentPPO without CPC (its whole-sequence LSTM path) and with CPC.
-``--breakdown`` profiles one ``train()`` of each and prints what CPC adds, by kind of operation.
+``--breakdown`` times ``train()`` with and without CPC on the same collected rollout and splits
+what CPC adds into its parts, each timed alone on a real minibatch (forward and backward): the
+context network (A2C/PPO; the recurrent agent's contexts are its LSTM's outputs), the head,
+sampling minibatches as time-contiguous pieces; what remains is glue (gradient meter, copies).
 
     python bench/cpc_overhead.py [--envs MiniWorld-Hallway-v0 ... --steps 2000 --repeats 3 --n-envs 4]
     OMP_NUM_THREADS=1 python bench/cpc_overhead.py --clock cpu --envs suite --breakdown
@@ -67,7 +70,7 @@ def main() -> None:
         "(use with OMP_NUM_THREADS=1; envs run in-process)",
     )
     parser.add_argument("--horizon", type=int, help="CPC's horizon instead of the presets' (e.g. 30, the old default)")
-    parser.add_argument("--breakdown", action="store_true", help="profile one train() with and without CPC")
+    parser.add_argument("--breakdown", action="store_true", help="time train() with and without CPC, and CPC's parts")
     parser.add_argument("--context-network", choices=("gru", "lstm"), help="A2C/PPO's CPC context network")
     args = parser.parse_args()
     env_ids = [*envs.SUITE, "MiniWorld-Hallway-v0"] if args.envs == ["suite"] else args.envs
@@ -81,52 +84,78 @@ def main() -> None:
     for env_id in env_ids:
         breakdowns += measure_task(env_id, args)
     if breakdowns:
-        print("\nWhat CPC adds to one train(), by kind of operation (self CPU ms, CPC minus plain):\n")
-        kinds = list(OP_KINDS) + ["other"]
-        print("| task | algo | train() plain (ms) | train() CPC (ms) | " + " | ".join(kinds) + " |")
-        print("|---|---|---|---|" + "---|" * len(kinds))
-        for env_id, algo, plain, cpc in breakdowns:
-            extra = " | ".join(f"{cpc['by_kind'].get(k, 0) - plain['by_kind'].get(k, 0):+.0f}" for k in kinds)
+        print(f"\nWhat CPC adds to one train() ({args.clock} ms, median of {args.repeats}; parts timed alone):\n")
+        print("| task | algo | train() plain | train() CPC | added | context network | head | piece sampling | rest |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for env_id, algo, parts in breakdowns:
+            added = parts["cpc"] - parts["plain"]
+            rest = added - parts["context"] - parts["head"] - parts["sampling"]
             task = env_id.removeprefix("MiniWorld-")
-            print(f"| {task} | {algo} | {plain['total']:.0f} | {cpc['total']:.0f} | {extra} |")
-        print("\nLargest additions, by operation (self CPU ms, CPC minus plain):\n")
-        for env_id, algo, plain, cpc in breakdowns:
-            added = {op: ms - plain["by_op"].get(op, 0.0) for op, ms in cpc["by_op"].items()}
-            top = sorted(added.items(), key=lambda item: -item[1])[:8]
-            listed = ", ".join(f"{op} {ms:+.0f}" for op, ms in top)
-            print(f"- {env_id.removeprefix('MiniWorld-')} {algo}: {listed}")
+            figures = [parts["plain"], parts["cpc"], added, parts["context"], parts["head"], parts["sampling"], rest]
+            print(f"| {task} | {algo} | " + " | ".join(f"{value:.0f}" for value in figures) + " |")
 
 
-# Operations by kind, matched on their names, for the breakdown.
-OP_KINDS = {
-    "recurrent (GRU/LSTM)": ("gru", "lstm", "rnn"),
-    "convolution": ("conv", "mkldnn_convolution"),
-    "matrix products": ("addmm", "mm", "bmm", "matmul", "linear", "baddbmm", "einsum"),
-    "copies and gathers": ("copy_", "index", "gather", "cat", "stack", "clone", "contiguous", "to_copy", "select"),
-    "softmax / cross-entropy": ("softmax", "logsumexp", "nll", "cross_entropy"),
-    "optimizer": ("adam", "addcdiv", "lerp", "sqrt", "_foreach"),
-}
+def _median_ms(work, repeats: int, clock) -> float:
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        work()
+        times.append((clock() - start) * 1000)
+    return statistics.median(times)
 
 
-def profile_train(model) -> dict:
-    """Self CPU time of one ``train()`` on a collected rollout, by :data:`OP_KINDS`."""
-    from torch.profiler import ProfilerActivity, profile
+def train_breakdown(plain, cpc, repeats: int, clock) -> dict[str, float]:
+    """
+    Milliseconds of one ``train()`` of ``plain`` and ``cpc`` on rollouts they collected, and of
+    CPC's parts per ``train()``: each part timed on a real minibatch, times the minibatches of a
+    ``train()``.
+    """
+    from cpc_rl.sequences import run_rnn_with_resets
 
-    model.set_logger(configure(None, []))
-    model.learn(model.n_steps * model.n_envs)  # a rollout in the buffer, kernels warm
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        model.train()
-    by_kind: dict[str, float] = {}
-    by_op: dict[str, float] = {}
-    total = 0.0
-    for event in profiler.key_averages():
-        milliseconds = event.self_cpu_time_total / 1000
-        total += milliseconds
-        name = event.key.lower()
-        kind = next((k for k, words in OP_KINDS.items() if any(word in name for word in words)), "other")
-        by_kind[kind] = by_kind.get(kind, 0.0) + milliseconds
-        by_op[event.key] = milliseconds
-    return {"total": total, "by_kind": by_kind, "by_op": by_op}
+    for model in (plain, cpc):
+        model.set_logger(configure(None, []))
+        model.learn(model.n_steps * model.n_envs)  # a rollout in the buffer, kernels warm
+    train = {"plain": [], "cpc": []}
+    for _ in range(repeats):  # alternating, on the rollouts in the buffers
+        for name, model in (("plain", plain), ("cpc", cpc)):
+            start = clock()
+            model.train()
+            train[name].append((clock() - start) * 1000)
+    batch_size = getattr(cpc, "batch_size", None)
+    epochs = getattr(cpc, "n_epochs", 1)
+
+    def sample(model) -> int:
+        return sum(1 for _ in model.rollout_buffer.get(batch_size))
+
+    minibatches = sample(cpc) * epochs
+    sampling = _median_ms(lambda: sample(cpc), repeats, clock) - _median_ms(lambda: sample(plain), repeats, clock)
+    policy = cpc.policy
+    samples = next(cpc.rollout_buffer.get(batch_size))
+    layout = policy._take_layout()
+    with torch.no_grad():
+        frozen = policy.extract_features(samples.observations)
+        frozen = frozen[0] if isinstance(frozen, tuple) else frozen
+    features = layout.time_major(frozen.clone().requires_grad_())
+    starts = layout.episode_starts
+    recurrent = not hasattr(policy, "cpc_context")
+    if recurrent:
+        contexts = torch.randn(*features.shape[:2], policy.lstm_output_dim, requires_grad=True)
+    else:
+        contexts = run_rnn_with_resets(policy.cpc_context, features, starts).detach().requires_grad_()
+
+    def context_pass() -> None:
+        run_rnn_with_resets(policy.cpc_context, features, starts).sum().backward()
+
+    def head_pass() -> None:
+        policy.cpc_head(features, contexts, starts).loss.backward()
+
+    return {
+        "plain": statistics.median(train["plain"]),
+        "cpc": statistics.median(train["cpc"]),
+        "context": 0.0 if recurrent else _median_ms(context_pass, repeats * 4, clock) * minibatches,
+        "head": _median_ms(head_pass, repeats * 4, clock) * minibatches,
+        "sampling": sampling * epochs,
+    }
 
 
 def measure_task(env_id: str, args: argparse.Namespace) -> list:
@@ -155,7 +184,8 @@ def measure_task(env_id: str, args: argparse.Namespace) -> list:
             label = f"{algo} aux={name}" if name in ("none", "cpc") else name
             print(f"| {task} | {label} | {args.steps / wall:.0f} | {training:.0%} | {wall / plain:.2f} |", flush=True)
         if args.breakdown:
-            breakdowns.append((env_id, algo, profile_train(builders["none"]()), profile_train(builders["cpc"]())))
+            parts = train_breakdown(builders["none"](), builders["cpc"](), args.repeats, clock)
+            breakdowns.append((env_id, algo, parts))
     vec_env.close()
     return breakdowns
 
