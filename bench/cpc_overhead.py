@@ -26,6 +26,7 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents import make_agent, preset
+from experiments.safety import keep_freed_memory_mapped
 
 
 def timed_learn(model, steps: int, clock=time.perf_counter) -> tuple[float, float]:
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--context-network", choices=("gru", "lstm"), help="A2C/PPO's CPC context network")
     args = parser.parse_args()
     env_ids = [*envs.SUITE, "MiniWorld-Hallway-v0"] if args.envs == ["suite"] else args.envs
+    # As run_agent.py's runs: without it every update faults its tensors back in (~10% of train()).
+    keep_freed_memory_mapped()
     print(
         f"{args.n_envs} envs (dummy vec env), {args.steps} steps per run, median of {args.repeats}, "
         f"device {args.device}, {torch.get_num_threads()} torch threads, {args.clock} clock"
