@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -52,6 +53,28 @@ def _cpc_policy_class(policy: Any, known: dict[Any, type]) -> type:
     )
 
 
+def _stored_data(path: Any, custom_objects: Any) -> dict[str, Any]:
+    """The ``data`` entry of a saved model (its arguments, not its weights); {} if it has none."""
+    import zipfile
+
+    from stable_baselines3.common.save_util import json_to_data
+
+    source = path
+    if not hasattr(path, "read"):
+        source = str(path) if str(path).endswith(".zip") or os.path.exists(path) else f"{path}.zip"
+    try:
+        with zipfile.ZipFile(source) as archive:
+            if "data" not in archive.namelist():
+                return {}
+            data = json_to_data(archive.read("data").decode(), custom_objects=custom_objects)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return {}  # SB3's own load says what is wrong with the file
+    finally:
+        if hasattr(path, "seek"):
+            path.seek(0)
+    return data or {}
+
+
 _FLAT_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
@@ -99,18 +122,18 @@ class _CPCAlgorithmMixin:
     def load(cls, path: Any, env: Any = None, device: Any = "auto", custom_objects: Any = None, **kwargs: Any):
         """
         SB3's ``load``. ``policy_kwargs`` given as when the model was made (SB3's idiom) are
-        accepted: the ``cpc_kwargs`` the model stores in its policy kwargs are added to them.
+        accepted: the ``cpc_kwargs`` the model stores in its policy kwargs are added to them. A
+        model saved before ``context_network`` existed keeps the GRU it was trained with.
         """
+        data = _stored_data(path, custom_objects)
+        stored_cpc = data.get("cpc_kwargs")
+        if isinstance(stored_cpc, dict) and "context_network" not in stored_cpc and "cpc_kwargs" not in kwargs:
+            kwargs["cpc_kwargs"] = {**stored_cpc, "context_network": "gru"}
         given = kwargs.get("policy_kwargs")
         if given is not None and "cpc_kwargs" not in given:
-            from stable_baselines3.common.save_util import load_from_zip_file
-
-            data, _, _ = load_from_zip_file(path, device=device, custom_objects=custom_objects)
-            stored = (data or {}).get("policy_kwargs", {})
+            stored = data.get("policy_kwargs", {})
             if "cpc_kwargs" in stored:
                 kwargs["policy_kwargs"] = {**given, "cpc_kwargs": stored["cpc_kwargs"]}
-            if hasattr(path, "seek"):
-                path.seek(0)
         return super().load(path, env=env, device=device, custom_objects=custom_objects, **kwargs)
 
     def _record_cpc_figures(self) -> None:
@@ -178,7 +201,8 @@ class CPCA2C(_FeedForwardCPCMixin, A2C):
     """
     SB3's A2C with the CPC auxiliary loss (the paper's RL setting). Takes every argument of
     ``A2C`` plus ``cpc_kwargs`` (see :data:`cpc_rl.sb3.config.CPC_DEFAULTS`); ``cpc_kwargs=None``
-    is plain A2C. Contexts come from a GRU over the encoder's features that the head brings.
+    is plain A2C. Contexts come from a recurrent network over the encoder's features that the
+    head brings (an LSTM; ``cpc_kwargs["context_network"]``).
 
     :param cpc_kwargs: CPC settings, or None for no auxiliary loss.
     """

@@ -15,7 +15,7 @@ CPC_DEFAULTS: dict[str, Any] = {
     "num_negatives": None,
     "action_conditioned": False,
     "context_size": 128,
-    "context_network": "gru",
+    "context_network": "lstm",
     "score_dim": None,
     "sequence_length": None,
     "mode": "joint",
@@ -26,8 +26,9 @@ CPC_DEFAULTS: dict[str, Any] = {
 training on it). ``horizon``: steps predicted (the paper: 30). ``negatives``, ``num_negatives``:
 see :class:`cpc_rl.CPCHead`. ``action_conditioned``: CPC|A (discrete actions only).
 ``context_size``: hidden size of the recurrent network that gives feed-forward policies their
-contexts; ``context_network``: ``"gru"`` (default) or ``"lstm"``, which trains about 5 times faster
-on the CPU (one oneDNN call per sequence; torch steps a GRU one time step at a time there).
+contexts; ``context_network``: ``"lstm"`` (default: one oneDNN call per sequence on the CPU, about
+5 times faster there than a GRU, which torch steps one time step at a time) or ``"gru"`` (the
+default until 0.1.0's successor; models saved without the key load with a GRU).
 ``score_dim``: score in a learned projection of ``z`` of this size (see :class:`cpc_rl.CPCHead`).
 ``sequence_length``: length of the time-contiguous pieces of the rollout that A2C/PPO minibatches
 are made of (default ``min(n_steps, batch_size)``). ``mode``: ``"joint"`` adds ``coef * L_cpc`` to

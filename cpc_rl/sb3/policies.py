@@ -144,7 +144,7 @@ class _CPCPolicyMixin:
         return self.has_cpc and self.cpc_kwargs.get("mode", "joint") == "decoupled"
 
     # Where CPC's gradient enters the network that RL also trains, and the two can be told apart:
-    # z_t for feed-forward policies (the GRU over z is CPC's own), c_t for the recurrent agent.
+    # z_t for feed-forward policies (the context network over z is CPC's own), c_t for the recurrent agent.
     _balance_at = "z"
 
     def _effective_coef(self) -> float:
@@ -227,7 +227,8 @@ class _CPCPolicyMixin:
 class CPCActorCriticPolicy(_CPCPolicyMixin, ActorCriticPolicy):
     """
     SB3's ``ActorCriticPolicy`` with a CPC head. ``z_t`` is the features extractor's output and
-    ``c_t`` the output of a GRU over ``z`` (the head's own context network, reset at episode starts).
+    ``c_t`` the output of an LSTM (or GRU: ``cpc_kwargs["context_network"]``) over ``z``, the
+    head's own context network, reset at episode starts.
 
     :param cpc_kwargs: resolved CPC settings (see :data:`cpc_rl.sb3.config.CPC_DEFAULTS`), or None
         for no head.
