@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import shlex
 import shutil
@@ -323,6 +324,15 @@ def plot_learning_curve(run_dir: Path, title: str) -> Path:
     return path
 
 
+def _cpu_seconds() -> float:
+    """
+    CPU time of this process and of its children that have exited (env workers once closed).
+    Beside other work a run's wall time overstates what it used; this does not.
+    """
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 class Run:
     """One training run in its directory."""
 
@@ -330,17 +340,25 @@ class Run:
         self.dir = Path(run_dir)
         self.config = config
         self.title = f"{config.env} {config.algo} aux={config.aux} seed={config.seed}"
-        # Wall time of earlier segments (a resumed run), so that the costs cover the whole run.
+        # Wall and CPU time of earlier segments (a resumed run), so that the costs cover the whole run.
         previous = read_status(self.dir)
         self._earlier_seconds = previous.get("wall_seconds", 0.0)
+        self._earlier_cpu_seconds = previous.get("cpu_seconds", 0.0)
         self.eval_seconds = previous.get("eval_seconds", 0.0)
         self._started = time.perf_counter()
+        self._started_cpu = _cpu_seconds()
         self.setup: dict[str, Any] = {}  # how this segment runs (threads, vec env): in every status
         self.last_evaluation: dict[str, float] | None = None
 
     def write_status(self, state: str, steps: int, **extra: Any) -> None:
         wall = self._earlier_seconds + time.perf_counter() - self._started
-        costs = {"wall_seconds": wall, "eval_seconds": self.eval_seconds, "train_seconds": wall - self.eval_seconds}
+        cpu = self._earlier_cpu_seconds + _cpu_seconds() - self._started_cpu
+        costs = {
+            "wall_seconds": wall,
+            "cpu_seconds": cpu,
+            "eval_seconds": self.eval_seconds,
+            "train_seconds": wall - self.eval_seconds,
+        }
         write_json(
             self.dir / "status.json",
             {"state": state, "num_timesteps": steps, "updated": time.time(), **costs, **self.setup, **extra},

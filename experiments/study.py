@@ -27,10 +27,16 @@ CALIBRATION_BIN = 25_000
 
 
 def run_hours(run_dir: Path) -> float:
-    """Wall hours of a run: from ``status.json`` if it recorded them, else from its Monitor clocks."""
+    """
+    CPU hours of a run: its CPU time from ``status.json`` where recorded, else its wall time (runs
+    before CPU time was recorded, one core each), else its Monitor clocks.
+    """
     status = read_status(run_dir)
-    if "wall_seconds" in status and status.get("state") in ("finished", "interrupted", "failed"):
-        return status["wall_seconds"] / 3600
+    if status.get("state") in ("finished", "interrupted", "failed"):
+        if "cpu_seconds" in status:
+            return status["cpu_seconds"] / 3600
+        if "wall_seconds" in status:
+            return status["wall_seconds"] / 3600
     clocks = []
     for path in (run_dir / "monitor").glob("*.monitor.csv"):
         table = pd.read_csv(path, comment="#")

@@ -85,6 +85,8 @@ def test_train_writes_every_result(tmp_path, aux):
     assert list(evaluations["step"]) == [80, 160]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "finished" and status["vec_env"] == "dummy" and status["threads"] >= 1
+    # CPU time is recorded beside wall time (the envs ran in this process, on at most its threads).
+    assert 0 < status["cpu_seconds"] <= status["wall_seconds"] * (os.cpu_count() or 1) + 1
     assert "success rate" in result.stdout
     # Checkpoints were saved at 80 and 160 steps; only the newest is kept by default.
     assert [path.name for path in (run_dir / "checkpoints").glob("*.zip")] == ["step_0000000160.zip"]
@@ -127,7 +129,7 @@ def test_interrupt_then_resume_continues_the_step_count(tmp_path):
     assert "resume with" in stderr and "Traceback" not in stderr
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "interrupted"
-    stopped_at = status["num_timesteps"]
+    stopped_at, stopped_cpu = status["num_timesteps"], status["cpu_seconds"]
     assert 0 < stopped_at < 4000
     episodes_before = len(pd.read_csv(run_dir / "monitor" / "0.monitor.csv", comment="#"))
 
@@ -137,6 +139,7 @@ def test_interrupt_then_resume_continues_the_step_count(tmp_path):
     status = json.loads((run_dir / "status.json").read_text())
     # An interrupt in mid-rollout keeps the steps taken, so the run ends within one rollout (40) past 4000.
     assert status["state"] == "finished" and 4000 <= status["num_timesteps"] < 4000 + 40
+    assert status["cpu_seconds"] > stopped_cpu  # both segments counted
     resumed = pd.read_csv(run_dir / "logs" / "segment_1" / "progress.csv")
     assert resumed["time/total_timesteps"].min() > stopped_at
     assert len(pd.read_csv(run_dir / "monitor" / "0.monitor.csv", comment="#")) > episodes_before
