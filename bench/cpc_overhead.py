@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, help="CPC's horizon instead of the presets' (e.g. 30, the old default)")
     parser.add_argument("--breakdown", action="store_true", help="time train() with and without CPC, and CPC's parts")
     parser.add_argument("--context-network", choices=("gru", "lstm"), help="A2C/PPO's CPC context network")
+    parser.add_argument("--no-contrib", action="store_true", help="leave out plain sb3-contrib RecurrentPPO")
     args = parser.parse_args()
     env_ids = [*envs.SUITE, "MiniWorld-Hallway-v0"] if args.envs == ["suite"] else args.envs
     # As run_agent.py's runs: without it every update faults its tensors back in (~10% of train()).
@@ -174,7 +175,7 @@ def measure_task(env_id: str, args: argparse.Namespace) -> list:
             "none": functools.partial(make_agent, algo, vec_env, aux="none", device=args.device),
             "cpc": functools.partial(make_agent, algo, vec_env, aux="cpc", device=args.device, cpc_kwargs=cpc_kwargs),
         }
-        if algo == "recurrent_ppo":
+        if algo == "recurrent_ppo" and not args.no_contrib:
             builders["sb3-contrib RecurrentPPO"] = functools.partial(plain_recurrent_ppo, vec_env, args.device)
         results = {name: [] for name in builders}
         for _ in range(args.repeats):
