@@ -726,13 +726,24 @@ def plot_profiles(scores: pd.DataFrame, arms: list[str], path: Path) -> Path:
     return path
 
 
+def _existing_title(report: Path) -> str | None:
+    """The title of a report written before, so that rebuilding it (``report`` without ``--title``) keeps it."""
+    if not report.is_file():
+        return None
+    first = report.read_text().split("\n", 1)[0]
+    if not first.startswith("# "):
+        return None
+    return first[2:].strip() or None
+
+
 def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, title: str | None = None) -> Path:
     """
     Write ``report/README.md``, ``report/scores.csv``, ``report/curves.png`` and (with every
     (env, arm) present) ``report/profiles.png`` from the finished runs; return the markdown path.
-    Unfinished runs are listed, never counted.
+    Unfinished runs are listed, never counted. Without ``title`` the report keeps the one it had.
     """
     report_dir = Path(out_dir) / "report"
+    title = title or _existing_title(report_dir / "README.md")
     jobs, mixed = split_mixed_arms(jobs)
     for line in mixed:
         print(f"report: {line}", file=sys.stderr)

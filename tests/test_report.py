@@ -151,3 +151,11 @@ def test_runs_are_planned_seed_by_seed_across_tasks(tmp_path):
     # A study stopped after 4 runs holds every task and arm at seed 3, not one task at every seed.
     assert order[:4] == [(3, env_id, arm) for env_id in budgets for arm in ("none", "cpc")]
     assert [job.config.steps for job in jobs[:4]] == [1000, 1000, 2000, 2000] and len(set(order)) == 8
+
+
+def test_a_rebuilt_report_keeps_its_title_unless_given_another(comparison):
+    jobs = find_jobs(comparison)
+    assert write_report(jobs, comparison).read_text().startswith("# Comparison of arms\n")
+    assert write_report(jobs, comparison, title="Pilot (seeds 1-4)").read_text().startswith("# Pilot (seeds 1-4)\n")
+    assert write_report(jobs, comparison).read_text().startswith("# Pilot (seeds 1-4)\n")
+    assert write_report(jobs, comparison, title="Study").read_text().startswith("# Study\n")
