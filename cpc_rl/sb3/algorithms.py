@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
@@ -57,22 +56,24 @@ def _stored_data(path: Any, custom_objects: Any) -> dict[str, Any]:
     """The ``data`` entry of a saved model (its arguments, not its weights); {} if it has none."""
     import zipfile
 
-    from stable_baselines3.common.save_util import json_to_data
+    from stable_baselines3.common.save_util import json_to_data, open_path
 
-    source = path
-    if not hasattr(path, "read"):
-        source = str(path) if str(path).endswith(".zip") or os.path.exists(path) else f"{path}.zip"
     try:
-        with zipfile.ZipFile(source) as archive:
+        file = open_path(path, "r", verbose=0, suffix="zip")  # as SB3's load finds it
+    except (OSError, ValueError):
+        return {}  # SB3's own load says what is wrong with the path
+    try:
+        with zipfile.ZipFile(file) as archive:
             if "data" not in archive.namelist():
                 return {}
-            data = json_to_data(archive.read("data").decode(), custom_objects=custom_objects)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return {}  # SB3's own load says what is wrong with the file
+            return json_to_data(archive.read("data").decode(), custom_objects=custom_objects) or {}
+    except (zipfile.BadZipFile, ValueError):
+        return {}  # and with the file
     finally:
-        if hasattr(path, "seek"):
-            path.seek(0)
-    return data or {}
+        if file is path:
+            path.seek(0)  # SB3's load reads the caller's file object next
+        else:
+            file.close()
 
 
 _FLAT_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
