@@ -149,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default="auto")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="runs and report folder")
     compare.add_argument("--title", default=None, help="title of the report")
+    compare.add_argument(
+        "--probe",
+        type=int,
+        nargs="?",
+        const=50,
+        default=0,
+        metavar="EPISODES",
+        help="probe each run's z_t and c_t right after it trains (default 50 episodes): models are not "
+        "committed, so a study that spans machines keeps its probes",
+    )
     _add_overrides_flag(
         compare, "settings for every run (as for train; default: one evaluation of 20 episodes at the end)"
     )
@@ -358,6 +368,10 @@ def command_compare(args: argparse.Namespace) -> int:
     per_run = {key: count for key, count in (("save_freq", 5),) if key not in given}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     jobs = plan_jobs(base, budgets, arms, seeds, args.out, per_run)
+    if args.probe and args.probe < 2:
+        raise RunError(f"--probe takes a number of episodes >= 2; got {args.probe}")
+    for job in jobs:
+        job.probe_episodes = args.probe
     with FolderLock(args.out, "comparison", ".compare.lock"):
         set_aside_stale_runs(jobs)
         todo = sum(not job.finished for job in jobs)

@@ -109,10 +109,23 @@ class Job:
     config: RunConfig
     run_dir: Path
     arm: str = field(default="")
+    probe_episodes: int = field(default=0)
+    """Probe ``z_t`` and ``c_t`` with this many episodes right after training (0: no probe)."""
 
     @property
     def finished(self) -> bool:
         return read_status(self.run_dir).get("state") == "finished"
+
+    @property
+    def needs_probe(self) -> bool:
+        """Asked for a probe, and none is on disk yet (a finished run without its model is never probed)."""
+        if not self.probe_episodes or (self.run_dir / "probe" / "probe.csv").is_file():
+            return False
+        return not self.finished or (self.run_dir / "model.zip").is_file()
+
+    def probe_command(self) -> list[str]:
+        """The ``run_agent.py probe`` command for this job's trained agent."""
+        return [sys.executable, str(RUN_AGENT), "probe", str(self.run_dir), "--episodes", str(self.probe_episodes)]
 
     def command(self) -> list[str]:
         """The ``run_agent.py train`` command that runs (or resumes) this job."""
@@ -210,10 +223,22 @@ def _stop_with_parent() -> None:
 
 
 def _run_job_locally(job: Job, threads: int) -> tuple[Job, int, str]:
-    environ = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    """Train the job's run unless it finished, then probe it if asked; the exit code and last error line."""
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not job.finished:
+        code, last_line = _run_command(job.command(), threads)
+        if code != 0:
+            return job, code, last_line
+    if job.needs_probe:
+        code, last_line = _run_command(job.probe_command(), threads)
+        return job, code, f"probe: {last_line}" if code != 0 else ""
+    return job, 0, ""
+
+
+def _run_command(command: list[str], threads: int) -> tuple[int, str]:
+    environ = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     process = subprocess.Popen(
-        job.command(),
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -227,7 +252,7 @@ def _run_job_locally(job: Job, threads: int) -> tuple[Job, int, str]:
     finally:
         with _live_lock:
             _live_runs.discard(process)
-    return job, process.returncode, stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    return process.returncode, stderr.strip().splitlines()[-1] if stderr.strip() else ""
 
 
 def stop_live_runs(timeout: float = 120.0) -> int:
@@ -251,14 +276,15 @@ def stop_live_runs(timeout: float = 120.0) -> int:
 
 def run_jobs(jobs: list[Job], workers: int, backend: str, progress: bool = True) -> list[str]:
     """
-    Run the jobs that have not finished, ``workers`` at a time.
+    Run the jobs that have not finished, ``workers`` at a time, each probed after its training if it
+    asks for a probe (a finished run that asks for one and has none is probed only).
 
     :param backend: ``local`` (processes on this machine) or ``ray`` (Ray tasks; a cluster if
         ``RAY_ADDRESS`` is set, else a local Ray instance). Run dirs must be on storage that
         every Ray node sees.
     :return: one line per failed job.
     """
-    pending = [job for job in jobs if not job.finished]
+    pending = [job for job in jobs if not job.finished or job.needs_probe]
     if not pending:
         return []
     # Each run gets its share of the cores, unless the user set OMP_NUM_THREADS (e.g. several comparisons at once).

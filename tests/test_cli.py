@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,10 +194,17 @@ def test_compare_arms_write_tables_and_curves_and_skip_finished_runs(tmp_path):
     out = tmp_path / "compare"
     args = ["compare", "--env", "MiniWorld-Hallway-v0", "--arm", "control", "--arm", "cpc:coef=0.1,horizon=4"]
     args += ["--baseline", "control", "--seeds", 2, "--first-seed", 7, "--steps", 80, "--algo", "ppo"]
-    args += ["--workers", 2, "--n-envs", 1, "--out", out, "--no-progress", *TINY, "eval_freq=40"]
+    args += ["--workers", 2, "--n-envs", 1, "--out", out, "--no-progress", "--probe", 2, *TINY, "eval_freq=40"]
     result = run_agent(*args)
     assert result.returncode == 0, result.stderr
     runs = out / "runs" / "MiniWorld-Hallway-v0"
+    # --probe probes each run as it finishes: models are not committed, probes are.
+    probes = {
+        (arm, seed): runs / arm / f"seed_{seed}" / "probe" / "probe.csv"
+        for arm in ("control", "cpc-coef0.1-horizon4")
+        for seed in (7, 8)
+    }
+    assert all(path.is_file() for path in probes.values())
     assert sorted(path.name for path in runs.iterdir()) == ["control", "cpc-coef0.1-horizon4"]
     control = yaml.safe_load((runs / "control" / "seed_7" / "config.yaml").read_text())
     treated = yaml.safe_load((runs / "cpc-coef0.1-horizon4" / "seed_8" / "config.yaml").read_text())
@@ -209,17 +217,27 @@ def test_compare_arms_write_tables_and_curves_and_skip_finished_runs(tmp_path):
     scores = pd.read_csv(out / "report" / "scores.csv")
     assert len(scores) == 4 and set(scores["seed"]) == {7, 8}
     assert scores["cpc_accuracy_k1"].between(0, 1).all() and scores["eval_seconds"].gt(0).all()
+    # Run again: nothing trains again, and only the probe that went missing is taken again.
+    probes["cpc-coef0.1-horizon4", 7].unlink()
+    kept = {key: path.stat().st_mtime_ns for key, path in probes.items() if path.is_file()}
+    model = runs / "cpc-coef0.1-horizon4" / "seed_7" / "model.zip"
+    trained = model.stat().st_mtime_ns
     again = run_agent(*args)
-    assert again.returncode == 0 and "4 runs (4 already finished)" in again.stdout
+    assert again.returncode == 0 and "4 runs (4 already finished)" in again.stdout, again.stderr
+    assert probes["cpc-coef0.1-horizon4", 7].is_file() and model.stat().st_mtime_ns == trained
+    assert all(probes[key].stat().st_mtime_ns == mtime for key, mtime in kept.items())
+    report = (out / "report" / "README.md").read_text()
     (out / "report" / "README.md").unlink()
     rebuilt = run_agent("report", out, "--baseline", "control")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (out / "report" / "README.md").read_text() == report
-    # Probes of every finished run, then in the report's scores; a run without its model is skipped, not lost.
+    # `probe` takes the probes a folder lacks; a run without its model is skipped, not lost.
     (runs / "control" / "seed_8" / "model.zip").unlink()
+    for arm, seed in (("control", 7), ("control", 8)):
+        shutil.rmtree(runs / arm / f"seed_{seed}" / "probe")
     probed = run_agent("probe", out, "--episodes", 3)
     assert probed.returncode == 0, probed.stderr
-    assert "probed 3 runs" in probed.stdout and "1 finished runs have no model.zip" in probed.stdout
+    assert "probed 1 runs" in probed.stdout and "1 finished runs have no model.zip" in probed.stdout
     assert (runs / "control" / "seed_7" / "probe" / "probe.csv").is_file()
     assert not (runs / "control" / "seed_8" / "probe").exists()
     assert run_agent("report", out, "--baseline", "control").returncode == 0
@@ -239,6 +257,7 @@ def test_compare_refuses_bad_arms_before_any_run(tmp_path):
     assert_clean_error(run_agent(*hallway, "--arm", "cpc", "--baseline", "none", *common), "is not an arm")
     assert_clean_error(run_agent(*hallway, "--arm", "cpc:horizon=500", *common), "horizon")
     assert_clean_error(run_agent("compare", "--env", "MiniWorld-Nope-v0", *common), "unknown MiniWorld env id")
+    assert_clean_error(run_agent(*hallway, "--probe", 1, *common), "--probe takes a number of episodes >= 2")
     assert_clean_error(run_agent(*hallway, "--steps", 0, "--out", out), "--steps must be >= 1")
     assert_clean_error(run_agent("report", tmp_path / "empty"), "holds no runs")
     assert not out.exists()
