@@ -27,6 +27,7 @@ import pandas as pd
 
 from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperparams
 from experiments.files import save_figure_atomically, write_text_atomically
+from experiments.goals import goals_section, read_goals
 from experiments.record import PROVENANCE_FILE, agent_defining
 from experiments.runs import episode_curve, read_config, read_settings, read_status
 from experiments.safety import FolderLock, sigterm_as_interrupt
@@ -820,6 +821,7 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
             "![performance profiles](profiles.png)",
             "",
         ]
+    lines += goals_section(read_goals(out_dir), scores)
     unfinished = [job for job in jobs if not job.finished]
     if unfinished:
         lines += ["## Not finished (not in the statistics)", ""]

@@ -18,6 +18,7 @@ from experiments.compare import (
     write_report,
 )
 from experiments.config import RunConfig, RunError
+from experiments.goals import Goal
 from experiments.stats import difference_ci, iqm, probability_of_improvement
 
 STEPS = 1000
@@ -159,3 +160,41 @@ def test_a_rebuilt_report_keeps_its_title_unless_given_another(comparison):
     assert write_report(jobs, comparison, title="Pilot (seeds 1-4)").read_text().startswith("# Pilot (seeds 1-4)\n")
     assert write_report(jobs, comparison).read_text().startswith("# Pilot (seeds 1-4)\n")
     assert write_report(jobs, comparison, title="Study").read_text().startswith("# Study\n")
+
+
+def test_goal_bounds_follow_their_definitions():
+    safe = Goal("safe", "cpc", "upper_at_least")
+    helps = Goal("helps", "cpc", "lower_above")
+    same = Goal("same", "control", "contains")
+    assert safe.passes(0.1, 0.5) and not safe.passes(0.0, 0.49)
+    assert helps.passes(0.51, 0.9) and not helps.passes(0.5, 1.0)
+    assert same.passes(0.3, 0.7) and same.passes(0.5, 0.9) and not same.passes(0.55, 0.9)
+
+
+def test_report_checks_pre_registered_goals(comparison):
+    goals = [
+        {"name": "safe", "arm": "cpc", "bound": "upper_at_least"},
+        {"name": "helps", "arm": "cpc", "bound": "lower_above", "envs": ["MiniWorld-Hallway-v0"]},
+        {"name": "ten seeds", "arm": "cpc", "bound": "upper_at_least", "min_seeds": 10},
+        {"name": "either", "arm": "cpc", "bound": "lower_above", "threshold": 0.9, "at_least": 1},
+    ]
+    (comparison / "goals.yaml").write_text(yaml.safe_dump(goals))
+    report = write_report(find_jobs(comparison), comparison).read_text()
+    scores = pd.read_csv(comparison / "report" / "scores.csv")
+    hallway = scores[scores["env"] == "MiniWorld-Hallway-v0"]
+    estimate, low, high = probability_of_improvement(
+        hallway.loc[hallway["arm"] == "cpc", "auc"], hallway.loc[hallway["arm"] == "none", "auc"]
+    )
+    assert f"| helps | MiniWorld-Hallway-v0 | 4 | {estimate:.3f} [{low:.3f}, {high:.3f}] | " in report
+    verdict = f"{int(low > 0.5)} of 1 envs pass, 1 needed: " + ("**met**" if low > 0.5 else "**not met**")
+    assert f"- helps (`cpc` vs `none`, auc, lower_above 0.5): {verdict}" in report
+    assert "- safe (`cpc` vs `none`, auc, upper_at_least 0.5): 2 of 2 envs pass, 2 needed: **met**" in report
+    assert "| ten seeds | MiniWorld-TMaze-v0 | 4 | – | untested |" in report
+    assert "upper_at_least 0.5): 0 of 2 envs pass, 2 needed: untested (seeds missing)" in report
+    assert "- either (`cpc` vs `none`, auc, lower_above 0.9): 0 of 2 envs pass, 1 needed: **not met**" in report
+    (comparison / "goals.yaml").write_text(yaml.safe_dump([{"name": "x", "arm": "cpc", "bound": "above"}]))
+    with pytest.raises(RunError, match="bounds are upper_at_least, lower_above, contains"):
+        write_report(find_jobs(comparison), comparison)
+    (comparison / "goals.yaml").write_text("- name: x\n  colour: red\n")
+    with pytest.raises(RunError, match="not a list of goals"):
+        write_report(find_jobs(comparison), comparison)
