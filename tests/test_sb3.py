@@ -64,6 +64,15 @@ def test_without_cpc_equals_the_parent_bit_for_bit(algo):
     assert all(torch.equal(ours[name], parent[name]) for name in ours)
 
 
+def test_recurrent_control_trains_the_agent_exactly_as_without_cpc():
+    """The `control` arm (head at weight 0) differs from `none` only by what the head computes aside."""
+    control = learn_updates(build("recurrent_ppo", {**CPC, "coef": 0.0}), updates=3)
+    plain = learn_updates(build("recurrent_ppo", None), updates=3)
+    head = [name for name in control if name not in plain]
+    assert head and all(name.startswith("cpc") for name in head)
+    assert all(torch.equal(control[name], plain[name]) for name in plain)
+
+
 def test_recurrent_without_cpc_equals_the_parent_to_float_tolerance():
     # One minibatch of the whole rollout: sb3-contrib's padded sequences and our unpadded pieces
     # then hold the same steps, so the losses and updates must agree (smaller minibatches group
