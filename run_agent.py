@@ -345,6 +345,8 @@ def command_compare(args: argparse.Namespace) -> int:
 
     if args.seeds < 1 or args.workers < 1:
         raise RunError("--seeds and --workers must be >= 1")
+    if args.probe and args.probe < 2:
+        raise RunError(f"--probe takes a number of episodes >= 2; got {args.probe}")
     budgets = _budgets(args.envs, args.steps)
     arms = [parse_arm(text) for text in (args.arms or DEFAULT_ARMS)]
     names = [arm.name for arm in arms]
@@ -368,8 +370,6 @@ def command_compare(args: argparse.Namespace) -> int:
     per_run = {key: count for key, count in (("save_freq", 5),) if key not in given}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     jobs = plan_jobs(base, budgets, arms, seeds, args.out, per_run)
-    if args.probe and args.probe < 2:
-        raise RunError(f"--probe takes a number of episodes >= 2; got {args.probe}")
     for job in jobs:
         job.probe_episodes = args.probe
     with FolderLock(args.out, "comparison", ".compare.lock"):

@@ -120,7 +120,7 @@ class Job:
     @property
     def needs_probe(self) -> bool:
         """Asked for a probe, and none is on disk yet (a finished run without its model is never probed)."""
-        if not self.probe_episodes or (self.run_dir / "probe" / "probe.csv").is_file():
+        if not self.probe_episodes or probe_table(self.run_dir).is_file():
             return False
         return not self.finished or (self.run_dir / "model.zip").is_file()
 
@@ -546,9 +546,14 @@ def gradient_table(scores: pd.DataFrame, env_id: str, arms: list[str]) -> str:
 PROBED_TARGETS = ("position", "heading", "heading_sector")
 
 
+def probe_table(run_dir: Path) -> Path:
+    """Where ``run_agent.py probe`` leaves a run's probe scores."""
+    return Path(run_dir) / "probe" / "probe.csv"
+
+
 def probe_scores(run_dir: Path) -> dict[str, float]:
     """The probes of a run's context ``c_t`` (position and heading R², heading-sector accuracy), if it was probed."""
-    path = Path(run_dir) / "probe" / "probe.csv"
+    path = probe_table(run_dir)
     if not path.is_file():
         return {}
     table = pd.read_csv(path)

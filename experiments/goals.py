@@ -39,6 +39,10 @@ class Goal:
     at_least: int | None = None
     min_seeds: int = 2
 
+    def __post_init__(self) -> None:
+        if self.bound not in BOUNDS:
+            raise ValueError(f"goal {self.name!r} has bound {self.bound!r}; bounds are {', '.join(BOUNDS)}")
+
     def passes(self, low: float, high: float) -> bool:
         if self.bound == "upper_at_least":
             return high >= self.threshold
@@ -57,9 +61,8 @@ def read_goals(out_dir: Path) -> list[Goal]:
         goals = [Goal(**{**entry, "envs": tuple(entry["envs"]) if entry.get("envs") else None}) for entry in entries]
     except (yaml.YAMLError, TypeError, KeyError, AttributeError) as error:
         raise RunError(f"{path}: not a list of goals (name, arm, bound, ...): {error}") from None
-    for goal in goals:
-        if goal.bound not in BOUNDS:
-            raise RunError(f"{path}: goal {goal.name!r} has bound {goal.bound!r}; bounds are {', '.join(BOUNDS)}")
+    except ValueError as error:
+        raise RunError(f"{path}: {error}") from None
     return goals
 
 

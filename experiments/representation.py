@@ -413,10 +413,10 @@ def probe_comparison(
     """
     from tqdm import tqdm
 
-    from experiments.compare import find_jobs
+    from experiments.compare import find_jobs, probe_table
 
     finished = [job.run_dir for job in find_jobs(out_dir) if job.finished]
-    todo = [run_dir for run_dir in finished if again or not (run_dir / "probe" / "probe.csv").is_file()]
+    todo = [run_dir for run_dir in finished if again or not probe_table(run_dir).is_file()]
     probed, no_model = [], []
     for run_dir in tqdm(todo, desc="probes", disable=not todo):
         if not (run_dir / "model.zip").is_file():
