@@ -29,7 +29,7 @@ from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperp
 from experiments.files import save_figure_atomically, write_text_atomically
 from experiments.goals import goals_section, read_goals
 from experiments.record import PROVENANCE_FILE, agent_defining
-from experiments.runs import episode_curve, read_config, read_settings, read_status
+from experiments.runs import cpu_hours, episode_curve, read_config, read_settings, read_status
 from experiments.safety import FolderLock, sigterm_as_interrupt
 from experiments.stats import bootstrap_ci, difference_ci, iqm, probability_of_improvement
 
@@ -587,7 +587,28 @@ def run_scores(job: Job) -> dict[str, Any] | None:
         **probe_scores(job.run_dir),
         "train_seconds": status.get("train_seconds", float("nan")),
         "eval_seconds": status.get("eval_seconds", float("nan")),
+        "cpu_seconds": status.get("cpu_seconds", float("nan")),
     }
+
+
+def cost_lines(jobs: list[Job], scores: pd.DataFrame, arms: list[str]) -> list[str]:
+    """What the comparison has cost: CPU hours of all its runs, and CPU minutes per finished run by env and arm."""
+    total = sum(cpu_hours(job.run_dir) for job in jobs)
+    lines = [
+        f"CPU time: {total:.2f} h over {len(jobs)} runs, unfinished ones included (each run's `status.json`; "
+        "probes not included).",
+        "",
+    ]
+    timed = scores.dropna(subset=["cpu_seconds"])
+    if timed.empty:
+        return lines
+    minutes = (timed["cpu_seconds"] / 60).groupby([timed["env"], timed["arm"]]).mean().unstack()
+    minutes = minutes.reindex(list(dict.fromkeys(timed["env"])))
+    lines += ["| CPU minutes per finished run | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for env_id, row in minutes.iterrows():
+        cells = [f"{row[arm]:.1f}" if arm in row and pd.notna(row[arm]) else "" for arm in arms]
+        lines.append(f"| {env_id} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _format(estimate: float, low: float, high: float) -> str:
@@ -806,6 +827,7 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
     ]
     if eval_share.notna().any():
         lines += [f"Evaluation took {eval_share.mean():.1%} of the runs' wall time on average.", ""]
+    lines += cost_lines(jobs, scores, arms)
     lines += ["## Arms by their settings", ""]
     lines += [item for line in mixed for item in (f"**{line}**", "")]
     lines += [settings_table(jobs, arms), "", *code_lines(jobs, arms)]

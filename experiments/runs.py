@@ -211,6 +211,28 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def cpu_hours(run_dir: Path) -> float:
+    """
+    CPU hours a run has cost so far: its CPU time from ``status.json`` where recorded, else its
+    wall time (runs from before CPU time was recorded ran on one core each), else its Monitor clocks.
+    """
+    status = read_status(run_dir)
+    if status.get("state") in ("finished", "interrupted", "failed"):
+        if "cpu_seconds" in status:
+            return status["cpu_seconds"] / 3600
+        if "wall_seconds" in status:
+            return status["wall_seconds"] / 3600
+    clocks = []
+    for path in (run_dir / "monitor").glob("*.monitor.csv"):
+        try:
+            table = pd.read_csv(path, comment="#")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            continue
+        if len(table) and "t" in table.columns:
+            clocks.append(float(table["t"].max()))
+    return max(clocks, default=status.get("wall_seconds", 0.0)) / 3600
+
+
 def run_episodes(
     model: BaseAlgorithm,
     config: RunConfig,

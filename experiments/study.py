@@ -20,36 +20,17 @@ import pandas as pd
 from experiments.compare import find_jobs, write_report
 from experiments.config import RunError
 from experiments.files import save_figure_atomically, write_text_atomically
-from experiments.runs import episode_curve, read_status
+from experiments.runs import cpu_hours, episode_curve, read_status
 
 PARTS = ("calibration", "pilot", "study")
 CALIBRATION_BIN = 25_000
-
-
-def run_hours(run_dir: Path) -> float:
-    """
-    CPU hours of a run: its CPU time from ``status.json`` where recorded, else its wall time (runs
-    before CPU time was recorded, one core each), else its Monitor clocks.
-    """
-    status = read_status(run_dir)
-    if status.get("state") in ("finished", "interrupted", "failed"):
-        if "cpu_seconds" in status:
-            return status["cpu_seconds"] / 3600
-        if "wall_seconds" in status:
-            return status["wall_seconds"] / 3600
-    clocks = []
-    for path in (run_dir / "monitor").glob("*.monitor.csv"):
-        table = pd.read_csv(path, comment="#")
-        if len(table):
-            clocks.append(float(table["t"].max()))
-    return max(clocks, default=status.get("wall_seconds", 0.0)) / 3600
 
 
 def part_hours(folder: Path) -> tuple[int, float]:
     """Number of runs and their CPU hours (each run uses one core: one torch thread, envs in-process)."""
     # Set-aside (stale) runs cost hours too.
     run_dirs = [path.parent for path in folder.glob("runs/*/*/seed_*/config.yaml")]
-    return len(run_dirs), sum(run_hours(run_dir) for run_dir in run_dirs)
+    return len(run_dirs), sum(cpu_hours(run_dir) for run_dir in run_dirs)
 
 
 def calibration_table(folder: Path, bin_steps: int = CALIBRATION_BIN) -> tuple[str, pd.DataFrame]:

@@ -38,7 +38,7 @@ def write_run(out, env_id, arm, seed, final, episode_returns, finished=True):
     config = RunConfig(env=env_id, algo="ppo", aux=aux, steps=STEPS, seed=seed, eval_episodes=20)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
     state = "finished" if finished else "running"
-    status = {"state": state, "num_timesteps": STEPS, "train_seconds": 90.0, "eval_seconds": 10.0}
+    status = {"state": state, "num_timesteps": STEPS, "train_seconds": 90.0, "eval_seconds": 10.0, "cpu_seconds": 120.0}
     (run_dir / "status.json").write_text(json.dumps(status))
     evaluations = pd.DataFrame(
         {"step": [STEPS // 2, STEPS], "mean_return": [0.0, final], "return_ci95": [0.0, 0.1], "success_rate": [0, 1]}
@@ -102,6 +102,9 @@ def test_report_statistics_match_hand_computation(comparison):
     assert estimate == pytest.approx(tmaze) and low <= estimate <= high
     assert f"| {tmaze:.3f} [" in tmaze_row
     assert "Evaluation took 10.0% of the runs' wall time" in report
+    # 16 finished runs at 120 CPU s each, and the running one by its Monitor clock (9 s).
+    assert f"CPU time: {(16 * 120 + 9) / 3600:.2f} h over 17 runs" in report
+    assert "| MiniWorld-TMaze-v0 | 2.0 | 2.0 |" in report
     assert "## Not finished (not in the statistics)" in report and "seed_9" in report
     assert (comparison / "report" / "profiles.png").stat().st_size > 1000
 
