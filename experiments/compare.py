@@ -29,7 +29,7 @@ from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperp
 from experiments.files import save_figure_atomically, write_text_atomically
 from experiments.goals import goals_section, read_goals
 from experiments.record import PROVENANCE_FILE, agent_defining
-from experiments.runs import cpu_hours, episode_curve, read_config, read_settings, read_status
+from experiments.runs import cpu_hours, episode_curve, format_duration, read_config, read_settings, read_status
 from experiments.safety import FolderLock, sigterm_as_interrupt
 from experiments.stats import bootstrap_ci, difference_ci, iqm, probability_of_improvement
 
@@ -275,6 +275,15 @@ def stop_live_runs(timeout: float = 120.0) -> int:
     return len(live)
 
 
+def _progress_line(job: Job, code: int, done: int, total: int, elapsed: float) -> str:
+    """One line per finished job for a log (stdout not a terminal): which run, how it ended, how far, ETA."""
+    outcome = "done" if code == 0 else f"FAILED (exit {code})"
+    eta = elapsed / done * (total - done)
+    where = "/".join(job.run_dir.parts[-3:])
+    times = f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}"
+    return f"progress: {done}/{total} runs, {where} {outcome}, {times}"
+
+
 def run_jobs(jobs: list[Job], workers: int, backend: str, progress: bool = True) -> list[str]:
     """
     Run the jobs that have not finished, ``workers`` at a time, each probed after its training if it
@@ -298,13 +307,18 @@ def run_jobs(jobs: list[Job], workers: int, backend: str, progress: bool = True)
 
     failures = []
     pool = ThreadPoolExecutor(max_workers=workers)
+    started = time.perf_counter()
+    bar = progress and sys.stdout.isatty()
     try:
         with sigterm_as_interrupt():
             futures = [pool.submit(_run_job_locally, job, threads) for job in pending]
-            for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
+            completed = tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not bar)
+            for done, future in enumerate(completed, start=1):
                 job, code, last_line = future.result()
                 if code != 0:
                     failures.append(f"{job.run_dir}: exit {code}: {last_line}")
+                if progress and not bar:
+                    print(_progress_line(job, code, done, len(futures), time.perf_counter() - started), flush=True)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
         stopped = stop_live_runs()

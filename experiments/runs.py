@@ -469,7 +469,7 @@ class _ProgressCallback(BaseCallback):
         total, done = self.run.config.steps, self.num_timesteps
         rate = (done - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
         eta = (total - done) / rate if rate > 0 else math.inf
-        parts = [f"{done}/{total} steps ({done / total:.0%})", f"{rate:.0f} steps/s", f"ETA {_duration(eta)}"]
+        parts = [f"{done}/{total} steps ({done / total:.0%})", f"{rate:.0f} steps/s", f"ETA {format_duration(eta)}"]
         if self.run.last_evaluation is not None:
             parts.append(f"last evaluation return {self.run.last_evaluation['mean_return']:.2f}")
         figures = getattr(self.model, "cpc_figures", None)
@@ -483,7 +483,8 @@ class _ProgressCallback(BaseCallback):
             self.bar.close()
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``12m05s`` or ``1h02m``; ``?`` for an unknown (infinite) duration."""
     if not math.isfinite(seconds):
         return "?"
     minutes, seconds = divmod(int(seconds), 60)

@@ -194,9 +194,14 @@ def test_compare_arms_write_tables_and_curves_and_skip_finished_runs(tmp_path):
     out = tmp_path / "compare"
     args = ["compare", "--env", "MiniWorld-Hallway-v0", "--arm", "control", "--arm", "cpc:coef=0.1,horizon=4"]
     args += ["--baseline", "control", "--seeds", 2, "--first-seed", 7, "--steps", 80, "--algo", "ppo"]
-    args += ["--workers", 2, "--n-envs", 1, "--out", out, "--no-progress", "--probe", 2, *TINY, "eval_freq=40"]
+    args += ["--workers", 2, "--n-envs", 1, "--out", out, "--probe", 2, *TINY, "eval_freq=40"]
     result = run_agent(*args)
     assert result.returncode == 0, result.stderr
+    # Not a terminal: a log line per finished run instead of a bar.
+    lines = [line for line in result.stdout.splitlines() if line.startswith("progress: ")]
+    assert len(lines) == 4 and lines[-1].startswith("progress: 4/4 runs, MiniWorld-Hallway-v0/")
+    assert lines[-1].endswith("ETA 0m00s")
+    assert all(" done, elapsed " in line for line in lines)
     runs = out / "runs" / "MiniWorld-Hallway-v0"
     # --probe probes each run as it finishes: models are not committed, probes are.
     probes = {
