@@ -338,9 +338,9 @@ def command_compare(args: argparse.Namespace) -> int:
         plan_jobs,
         run_jobs,
         set_aside_stale_runs,
-        write_report,
     )
     from experiments.config import apply_overrides
+    from experiments.report import write_report
     from experiments.safety import FolderLock
 
     if args.seeds < 1 or args.workers < 1:
@@ -398,7 +398,8 @@ def command_study_report(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from experiments.compare import find_jobs, write_report
+    from experiments.compare import find_jobs
+    from experiments.report import write_report
 
     jobs = find_jobs(args.out)
     if not jobs:

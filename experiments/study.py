@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.compare import find_jobs, write_report
+from experiments.compare import find_jobs
 from experiments.config import RunError
 from experiments.files import save_figure_atomically, write_text_atomically
+from experiments.report import write_report
 from experiments.runs import cpu_hours, episode_curve, read_status
 
 PARTS = ("calibration", "pilot", "study")

@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 import agents.presets
-from experiments.compare import find_jobs, split_mixed_arms, write_report
+from experiments.compare import find_jobs
 from experiments.config import RunConfig, RunError, apply_overrides
 from experiments.record import SettingsError, agent_defining, flatten, resolve_references
+from experiments.report import split_mixed_arms, write_report
 from experiments.runs import like_config, train
 from tests.test_report import write_run
 

@@ -7,18 +7,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from experiments.compare import (
-    Arm,
-    aggregate_table,
-    find_jobs,
-    parse_arm,
-    plan_jobs,
-    run_scores,
-    training_curve,
-    write_report,
-)
+from experiments.compare import Arm, find_jobs, parse_arm, plan_jobs
 from experiments.config import RunConfig, RunError
 from experiments.goals import Goal
+from experiments.report import aggregate_table, run_scores, training_curve, write_report
 from experiments.stats import difference_ci, iqm, probability_of_improvement
 
 STEPS = 1000
