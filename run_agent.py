@@ -5,7 +5,7 @@
     python run_agent.py train --env MiniWorld-FourRooms-v0 --algo ppo --aux cpc --steps 200000
     python run_agent.py train --resume runs/DIR
     python run_agent.py eval runs/DIR --episodes 20 --video agent.gif
-    python run_agent.py compare --env MiniWorld-TMaze-v0 --arm none --arm control --arm cpc:coef=0.1 --steps 500000
+    python run_agent.py compare --env MiniWorld-SignMemory-v0 --arm none --arm control --arm cpc --steps 75000 --seeds 5
     python run_agent.py report runs/compare         # rebuild a comparison's report from its folder
     python run_agent.py study-report                # docs/results/rl_study.md from the committed runs
     python run_agent.py probe runs/DIR                # linear probes of the agent's z_t and c_t
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; default: none, control, cpc)",
     )
     compare.add_argument("--baseline", default=None, help="the arm every other is compared to (default: none)")
-    compare.add_argument("--seeds", type=int, default=3)
+    compare.add_argument("--seeds", type=int, default=3, help="seeds per arm and env")
     compare.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     compare.add_argument(
         "--steps", "-n", "--n-timesteps", dest="steps", type=int, default=None, help="env steps per run"
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--algo", default="recurrent_ppo", choices=ALGORITHMS)
     compare.add_argument("--workers", type=int, default=1, help="runs at a time")
     compare.add_argument("--backend", default="local", choices=("local", "ray"))
-    compare.add_argument("--n-envs", type=int, default=None)
+    compare.add_argument("--n-envs", type=int, default=None, help="envs per run (default: the preset's)")
     compare.add_argument("--device", default="auto")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="runs and report folder")
     compare.add_argument("--title", default=None, help="title of the report")
@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides_flag(
         compare, "settings for every run (as for train; default: one evaluation of 20 episodes at the end)"
     )
-    compare.add_argument("--no-progress", action="store_true")
+    compare.add_argument(
+        "--no-progress", action="store_true", help="no bar of runs (terminal) or line per finished run (log)"
+    )
 
     study = commands.add_parser(
         "study-report", help="rebuild docs/results/rl_study.md from the committed calibration, pilot and study runs"
