@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from experiments.compare import Job, probe_table
 from experiments.config import RunError
@@ -121,8 +122,6 @@ def settings_table(jobs: list[Job], arms: list[str]) -> str:
 
 def code_lines(jobs: list[Job], arms: list[str]) -> list[str]:
     """Which code and package versions each arm's runs ran (from ``provenance.yaml``), when not all the same."""
-    import yaml
-
     described: dict[str, set[str]] = {}
     for arm in arms:
         for job in jobs:
