@@ -211,6 +211,19 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def monitor_tables(run_dir: Path) -> list[pd.DataFrame]:
+    """The run's Monitor CSVs (one per env) by file name, less the empty or unreadable (a run killed mid-write)."""
+    tables = []
+    for path in sorted((run_dir / "monitor").glob("*.monitor.csv")):
+        try:
+            table = pd.read_csv(path, comment="#")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            continue
+        if not table.empty:
+            tables.append(table)
+    return tables
+
+
 def cpu_hours(run_dir: Path) -> float:
     """
     CPU hours a run has cost so far: its CPU time from ``status.json`` where recorded, else its
@@ -222,14 +235,7 @@ def cpu_hours(run_dir: Path) -> float:
             return status["cpu_seconds"] / 3600
         if "wall_seconds" in status:
             return status["wall_seconds"] / 3600
-    clocks = []
-    for path in (run_dir / "monitor").glob("*.monitor.csv"):
-        try:
-            table = pd.read_csv(path, comment="#")
-        except (pd.errors.EmptyDataError, pd.errors.ParserError):
-            continue
-        if len(table) and "t" in table.columns:
-            clocks.append(float(table["t"].max()))
+    clocks = [float(table["t"].max()) for table in monitor_tables(run_dir) if "t" in table.columns]
     return max(clocks, default=status.get("wall_seconds", 0.0)) / 3600
 
 
@@ -288,17 +294,13 @@ def summarise_episodes(returns: np.ndarray) -> dict[str, float]:
 
 def episode_curve(run_dir: Path) -> pd.DataFrame:
     """Training episodes from the Monitor CSVs: ``step`` (env steps of all envs) and ``return``."""
-    frames = []
-    files = sorted((run_dir / "monitor").glob("*.monitor.csv"))
-    for path in files:
-        try:
-            table = pd.read_csv(path, comment="#")
-        except (pd.errors.EmptyDataError, pd.errors.ParserError):
-            continue
-        if table.empty or not {"r", "l"} <= set(table.columns):
-            continue
-        # The envs step in lockstep, so env i's step count times the number of envs is the run's.
-        frames.append(pd.DataFrame({"step": table["l"].cumsum() * len(files), "return": table["r"]}))
+    n_envs = len(list((run_dir / "monitor").glob("*.monitor.csv")))
+    # The envs step in lockstep, so env i's step count times the number of envs is the run's.
+    frames = [
+        pd.DataFrame({"step": table["l"].cumsum() * n_envs, "return": table["r"]})
+        for table in monitor_tables(run_dir)
+        if {"r", "l"} <= set(table.columns)
+    ]
     if not frames:
         return pd.DataFrame({"step": [], "return": []})
     return pd.concat(frames).sort_values("step").reset_index(drop=True)
