@@ -30,10 +30,12 @@ _PPO = {
     "max_grad_norm": 0.5,
 }
 
-# CPC's weight and horizon from the pilot (docs/results/rl_study.md): on the memory task and on
-# Hallway, coef=0.1 with horizon 8 had the best area under the curve of the 8 settings tried,
-# ahead of the paper's horizon 30 (whose far steps have few or no pairs in 10-30-step episodes).
-_CPC = {"coef": 0.1, "horizon": 8}
+# CPC as cpc_rl.sb3.CPC_DEFAULTS trains it (a test keeps them equal; copied, not imported, because
+# importing cpc_rl imports torch), so `--aux cpc`, the Zoo files and an SB3 user's `cpc_kwargs={}`
+# are one setting. Weight and horizon from the pilot (docs/results/rl_study.md): coef=0.1 with
+# horizon 8 had the best area under the curve of the 8 settings tried, ahead of the paper's
+# horizon 30 (whose far steps have few or no pairs in 10-30-step episodes).
+_CPC = {"coef": 0.1, "horizon": 8, "mode": "joint", "max_grad_ratio": 1.0}
 
 #: The hyper-parameters of each algorithm, with and without CPC. The paper's agent: A2C-style
 #: updates on unrolls of 100 steps.

@@ -17,14 +17,22 @@ from agents.presets import PRESETS
 
 ZOO_FOLDER = Path(__file__).resolve().parent / "zoo"
 ZOO_NAMES = {"a2c": "cpc_a2c", "ppo": "cpc_ppo", "recurrent_ppo": "cpc_ppo_lstm"}
-# Env steps per task: the study's budgets where they were calibrated (docs/results/rl_study.md), else 1M.
+# Env steps per task: the studies' budgets where they were calibrated (docs/results/rl_study.md,
+# docs/results/study2/PLAN.md), else 1M.
 BUDGETS = {
     "MiniWorld-SignMemory-v0": 75_000,
+    "MiniWorld-CueCorridor-v0": 40_000,
+    "MiniWorld-CueMatch-v0": 100_000,
     "MiniWorld-MazeS3Fast-v0": 30_000,
+    "MiniWorld-MazeS2-v0": 50_000,
     "MiniWorld-Hallway-v0": 30_000,
+    "MiniWorld-OneRoomS6Fast-v0": 10_000,
 }
 TASKS = (
     "MiniWorld-SignMemory-v0",
+    "MiniWorld-CueCorridor-v0",
+    "MiniWorld-CueMatch-v0",
+    "MiniWorld-MazeS2-v0",
     "MiniWorld-Hallway-v0",
     "MiniWorld-TMaze-v0",
     "MiniWorld-MazeS3Fast-v0",

@@ -14,7 +14,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs
 from agents import FrameEncoder, make_agent
-from cpc_rl.sb3 import CPCA2C, CPCPPO, CPCRecurrentPPO
+from agents.presets import PRESETS
+from cpc_rl.sb3 import CPC_DEFAULTS, CPCA2C, CPCPPO, CPCRecurrentPPO
 from cpc_rl.sb3.buffers import piece_length
 from cpc_rl.sequences import lstm_step
 
@@ -54,6 +55,14 @@ def build(algo, cpc_kwargs, parent=False, seed=0, **kwargs):
 def learn_updates(model, updates=2):
     model.learn(model.n_steps * model.n_envs * updates)
     return {name: tensor.detach().clone() for name, tensor in model.policy.state_dict().items()}
+
+
+def test_the_presets_train_cpc_as_the_library_defaults():
+    training = ("coef", "horizon", "mode", "max_grad_ratio")
+    for algo, preset in PRESETS.items():
+        settings = {key: preset["cpc_kwargs"][key] for key in training}
+        assert settings == {key: CPC_DEFAULTS[key] for key in training}, f"{algo}: presets and CPC_DEFAULTS differ"
+        assert preset["cpc_kwargs"]["score_dim"] == 64  # cheaper scores than z's 256 dimensions
 
 
 @pytest.mark.parametrize("algo", ["a2c", "ppo"])

@@ -34,7 +34,7 @@ def test_zoo_files_are_the_presets():
         assert (ZOO_FOLDER / name).read_text() == text, f"{name} is stale: run python -m agents.zoo"
     entry = yaml.safe_load((ZOO_FOLDER / "cpc_ppo_lstm.yml").read_text())["MiniWorld-SignMemory-v0"]
     assert entry["policy"] == "CnnLstmPolicy" and entry["n_steps"] == 100
-    assert entry["cpc_kwargs"]["horizon"] == 8 and entry["cpc_kwargs"]["coef"] == 0.1  # the pilot's choice
+    assert entry["n_timesteps"] == 75_000  # the studies' budget
 
 
 def test_train_resume_enjoy_and_record_through_the_zoo(tmp_path):

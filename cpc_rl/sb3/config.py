@@ -9,8 +9,8 @@ from gymnasium import spaces
 from cpc_rl.head import NEGATIVE_STRATEGIES
 
 CPC_DEFAULTS: dict[str, Any] = {
-    "coef": 1.0,
-    "horizon": 30,
+    "coef": 0.1,
+    "horizon": 8,
     "negatives": "all",
     "num_negatives": None,
     "action_conditioned": False,
@@ -23,7 +23,10 @@ CPC_DEFAULTS: dict[str, Any] = {
 }
 """
 ``coef``: weight of the CPC loss in the actor-critic loss (0 computes and logs it without
-training on it). ``horizon``: steps predicted (the paper: 30). ``negatives``, ``num_negatives``:
+training on it). ``horizon``: steps predicted. ``coef=0.1`` and ``horizon=8`` are the presets'
+setting since the first study's pilot (``docs/results/rl_study.md``), where the paper's weight
+1 and horizon 30 were among the worst of 8 settings on both tasks; both defaults that study 2
+confirms share them. ``negatives``, ``num_negatives``:
 see :class:`cpc_rl.CPCHead`. ``action_conditioned``: CPC|A (discrete actions only).
 ``context_size``: hidden size of the recurrent network that gives feed-forward policies their
 contexts; ``context_network``: ``"lstm"`` (default: one oneDNN call per sequence on the CPU, about
