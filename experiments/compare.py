@@ -332,7 +332,10 @@ def _run_jobs_on_ray(jobs: list[Job], workers: int, threads: int) -> list[str]:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            # Ray starts its workers at niceness 15; runs would then crawl beside any other load
+            # on the machine, where the local backend's run at the user's priority.
+            worker_niceness = {"worker_niceness": 0}
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _system_config=worker_niceness)
 
     # max_calls=1: a fresh worker process per run, as with the local backend. A task whose worker
     # dies is retried (max_retries), and its command resumes from the run's checkpoint.
