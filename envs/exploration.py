@@ -25,6 +25,7 @@ class Trajectories:
     :param agent_pos: ``(N, 2)`` agent (x, z).
     :param agent_dir: ``(N,)`` heading, radians in ``[-pi, pi)``.
     :param goal_pos: ``(N, 2)`` goal (x, z), or None for tasks without one goal.
+    :param cue: ``(N,)`` index of the episode's cue on memory tasks (see :func:`memory_cue`), else None.
     """
 
     observations: np.ndarray
@@ -34,9 +35,35 @@ class Trajectories:
     agent_pos: np.ndarray
     agent_dir: np.ndarray
     goal_pos: np.ndarray | None
+    cue: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
+
+
+#: What :func:`stack_ground_truth` stacks, one list per step.
+GROUND_TRUTH_ROWS = ("obs", "action", "start", "episode", "pos", "dir", "goal", "cue")
+#: The ``info`` keys in which memory tasks name the episode's cue (the cue tasks; SignMemory's sign).
+CUE_KEYS = ("cue", "sign_color")
+
+
+def memory_cue(info: dict) -> int | None:
+    """The cue a memory task's episode asks the agent to remember (an index), or None for other tasks."""
+    return next((int(info[key]) for key in CUE_KEYS if key in info), None)
+
+
+def stack_ground_truth(rows: dict[str, list]) -> Trajectories:
+    """Trajectories from one list per step of each of :data:`GROUND_TRUTH_ROWS`."""
+    return Trajectories(
+        observations=np.stack(rows["obs"]),
+        actions=np.array(rows["action"]),
+        episode_starts=np.array(rows["start"]),
+        episode_ids=np.array(rows["episode"]),
+        agent_pos=np.stack(rows["pos"]).astype(np.float32),
+        agent_dir=np.array(rows["dir"], dtype=np.float32),
+        goal_pos=np.stack(rows["goal"]).astype(np.float32) if rows["goal"][0] is not None else None,
+        cue=np.array(rows["cue"], dtype=np.int64) if rows["cue"][0] is not None else None,
+    )
 
 
 def explore(
@@ -61,7 +88,7 @@ def explore(
         raise ValueError(f"episodes must be >= 1; got {episodes}")
     rng = np.random.default_rng(seed)
     env = make_env(env_id, seed=seed, **env_kwargs)
-    rows: dict[str, list] = {name: [] for name in ("obs", "action", "start", "episode", "pos", "dir", "goal")}
+    rows: dict[str, list] = {name: [] for name in GROUND_TRUTH_ROWS}
     try:
         for episode in range(episodes):
             obs, info = env.reset()
@@ -77,30 +104,24 @@ def explore(
                 rows["pos"].append(info["agent_pos"])
                 rows["dir"].append(info["agent_dir"])
                 rows["goal"].append(info.get("goal_pos"))
+                rows["cue"].append(memory_cue(info))
                 obs, _, terminated, truncated, info = env.step(action)
                 done, start, hold = terminated or truncated, False, hold - 1
     finally:
         env.close()
-    has_goal = rows["goal"][0] is not None
-    return Trajectories(
-        observations=np.stack(rows["obs"]),
-        actions=np.array(rows["action"]),
-        episode_starts=np.array(rows["start"]),
-        episode_ids=np.array(rows["episode"]),
-        agent_pos=np.stack(rows["pos"]).astype(np.float32),
-        agent_dir=np.array(rows["dir"], dtype=np.float32),
-        goal_pos=np.stack(rows["goal"]).astype(np.float32) if has_goal else None,
-    )
+    return stack_ground_truth(rows)
 
 
 def probe_targets(
-    agent_pos: np.ndarray, agent_dir: np.ndarray, goal_pos: np.ndarray | None
+    agent_pos: np.ndarray, agent_dir: np.ndarray, goal_pos: np.ndarray | None, cue: np.ndarray | None = None
 ) -> dict[str, tuple[np.ndarray, bool]]:
     """
     What a representation should hold, from the ground truth: ``{name: (targets, are_classes)}``.
 
     ``position`` (x, z); ``heading`` (sin, cos); ``heading_sector`` (one of 8 classes);
-    ``goal_relative`` (the goal ahead of and to the left of the agent), for tasks with one goal.
+    ``goal_relative`` (the goal ahead of and to the left of the agent), for tasks with one goal;
+    ``cue`` (the episode's cue, a class), on memory tasks: at every step, also where the cue is
+    out of view, so a context ``c_t`` that remembers it beats the frame's ``z_t``.
     """
     targets = {
         "position": (np.asarray(agent_pos, dtype=np.float32), False),
@@ -119,4 +140,6 @@ def probe_targets(
         ahead = offset[:, 0] * np.cos(agent_dir) - offset[:, 1] * np.sin(agent_dir)
         left = -offset[:, 0] * np.sin(agent_dir) - offset[:, 1] * np.cos(agent_dir)
         targets["goal_relative"] = (np.stack([ahead, left], axis=1).astype(np.float32), False)
+    if cue is not None:
+        targets["cue"] = (np.asarray(cue, dtype=np.int64), True)
     return targets

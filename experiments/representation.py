@@ -23,7 +23,7 @@ from agents.networks import FrameEncoder
 from cpc_rl import CPCHead
 from cpc_rl.probe import linear_probe
 from cpc_rl.sequences import run_rnn_with_resets
-from envs.exploration import Trajectories, explore, probe_targets
+from envs.exploration import GROUND_TRUTH_ROWS, Trajectories, explore, memory_cue, probe_targets, stack_ground_truth
 from experiments.files import save_figure_atomically, write_text_atomically
 
 METHODS = ("random", "cpc", "cpca", "supervised")
@@ -33,7 +33,7 @@ REGRESSION_TARGETS = ("position", "heading", "goal_relative")
 def probe_features(features: dict[str, np.ndarray], trajectories: Trajectories, seed: int = 0) -> list[dict[str, Any]]:
     """Probe each named feature set for every target: one row per (features, target)."""
     rows = []
-    targets = probe_targets(trajectories.agent_pos, trajectories.agent_dir, trajectories.goal_pos)
+    targets = probe_targets(trajectories.agent_pos, trajectories.agent_dir, trajectories.goal_pos, trajectories.cue)
     for feature_name, values in features.items():
         for target_name, (target, classes) in targets.items():
             result = linear_probe(values, target, trajectories.episode_ids, classes=classes, seed=seed)
@@ -449,7 +449,7 @@ def rollout_agent(
     import envs
 
     env = envs.make_env(env_id, seed=seed, **env_kwargs)
-    rows: dict[str, list] = {name: [] for name in ("obs", "action", "start", "episode", "pos", "dir", "goal")}
+    rows: dict[str, list] = {name: [] for name in GROUND_TRUTH_ROWS}
     try:
         episode = 0
         while episode < episodes or len(rows["obs"]) < min_steps:
@@ -459,7 +459,16 @@ def rollout_agent(
                 action, state = model.predict(obs, state=state, episode_start=np.array([start]))
                 for name, value in zip(
                     rows,
-                    (obs, int(action), start, episode, info["agent_pos"], info["agent_dir"], info.get("goal_pos")),
+                    (
+                        obs,
+                        int(action),
+                        start,
+                        episode,
+                        info["agent_pos"],
+                        info["agent_dir"],
+                        info.get("goal_pos"),
+                        memory_cue(info),
+                    ),
                     strict=True,
                 ):
                     rows[name].append(value)
@@ -468,15 +477,7 @@ def rollout_agent(
             episode += 1
     finally:
         env.close()
-    return Trajectories(
-        observations=np.stack(rows["obs"]),
-        actions=np.array(rows["action"]),
-        episode_starts=np.array(rows["start"]),
-        episode_ids=np.array(rows["episode"]),
-        agent_pos=np.stack(rows["pos"]),
-        agent_dir=np.array(rows["dir"], dtype=np.float32),
-        goal_pos=np.stack(rows["goal"]) if rows["goal"][0] is not None else None,
-    )
+    return stack_ground_truth(rows)
 
 
 @torch.no_grad()

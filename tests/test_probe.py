@@ -74,6 +74,18 @@ def test_probe_targets_from_ground_truth():
     # Heading 0 faces +x: a goal 2 units along +x is 2 ahead; facing +pi/2 (towards -z) it is 2 to the right.
     assert np.allclose(targets["goal_relative"][0], [[2, 0], [0, -2]], atol=1e-5)
     assert "goal_relative" not in probe_targets(position, heading, None)
+    cue, are_classes = probe_targets(position, heading, None, cue=np.array([1, 1]))["cue"]
+    assert are_classes and cue.tolist() == [1, 1] and "cue" not in targets
+
+
+@pytest.mark.parametrize("env_id", ["MiniWorld-CueCorridor-v0", "MiniWorld-SignMemory-v0"])
+def test_memory_tasks_give_the_episode_cue_at_every_step(env_id):
+    data = explore(env_id, 4, seed=3, max_episode_steps=15)
+    assert data.cue is not None and len(data.cue) == len(data)
+    for episode in np.unique(data.episode_ids):
+        assert len(set(data.cue[data.episode_ids == episode])) == 1  # one cue per episode, also out of view
+    assert set(data.cue) <= {0, 1, 2}
+    assert explore("MiniWorld-Hallway-v0", 1, seed=3, max_episode_steps=5).cue is None
 
 
 def test_exploring_policy_collects_whole_episodes_with_ground_truth():
