@@ -41,8 +41,6 @@ class Trajectories:
         return len(self.actions)
 
 
-#: What :func:`stack_ground_truth` stacks, one list per step.
-GROUND_TRUTH_ROWS = ("obs", "action", "start", "episode", "pos", "dir", "goal", "cue")
 #: The ``info`` keys in which memory tasks name the episode's cue (the cue tasks; SignMemory's sign).
 CUE_KEYS = ("cue", "sign_color")
 
@@ -52,18 +50,45 @@ def memory_cue(info: dict) -> int | None:
     return next((int(info[key]) for key in CUE_KEYS if key in info), None)
 
 
-def stack_ground_truth(rows: dict[str, list]) -> Trajectories:
-    """Trajectories from one list per step of each of :data:`GROUND_TRUTH_ROWS`."""
-    return Trajectories(
-        observations=np.stack(rows["obs"]),
-        actions=np.array(rows["action"]),
-        episode_starts=np.array(rows["start"]),
-        episode_ids=np.array(rows["episode"]),
-        agent_pos=np.stack(rows["pos"]).astype(np.float32),
-        agent_dir=np.array(rows["dir"], dtype=np.float32),
-        goal_pos=np.stack(rows["goal"]).astype(np.float32) if rows["goal"][0] is not None else None,
-        cue=np.array(rows["cue"], dtype=np.int64) if rows["cue"][0] is not None else None,
-    )
+class TrajectoryRecorder:
+    """Steps with their ground truth (from :class:`envs.MiniWorldAgentEnv`'s ``info``), as :class:`Trajectories`."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list] = {
+            name: [] for name in ("obs", "action", "start", "episode", "pos", "dir", "goal", "cue")
+        }
+
+    def __len__(self) -> int:
+        return len(self._rows["obs"])
+
+    def add(self, obs: np.ndarray, action: int, start: bool, episode: int, info: dict) -> None:
+        """Record one observation, the action taken after it, and the ground truth ``info`` gave with it."""
+        values = (
+            obs,
+            action,
+            start,
+            episode,
+            info["agent_pos"],
+            info["agent_dir"],
+            info.get("goal_pos"),
+            memory_cue(info),
+        )
+        for row, value in zip(self._rows.values(), values, strict=True):
+            row.append(value)
+
+    def trajectories(self) -> Trajectories:
+        """Everything recorded, stacked (``goal_pos`` and ``cue`` None where the task has none)."""
+        rows = self._rows
+        return Trajectories(
+            observations=np.stack(rows["obs"]),
+            actions=np.array(rows["action"]),
+            episode_starts=np.array(rows["start"]),
+            episode_ids=np.array(rows["episode"]),
+            agent_pos=np.stack(rows["pos"]).astype(np.float32),
+            agent_dir=np.array(rows["dir"], dtype=np.float32),
+            goal_pos=np.stack(rows["goal"]).astype(np.float32) if rows["goal"][0] is not None else None,
+            cue=np.array(rows["cue"], dtype=np.int64) if rows["cue"][0] is not None else None,
+        )
 
 
 def explore(
@@ -88,7 +113,7 @@ def explore(
         raise ValueError(f"episodes must be >= 1; got {episodes}")
     rng = np.random.default_rng(seed)
     env = make_env(env_id, seed=seed, **env_kwargs)
-    rows: dict[str, list] = {name: [] for name in GROUND_TRUTH_ROWS}
+    recorder = TrajectoryRecorder()
     try:
         for episode in range(episodes):
             obs, info = env.reset()
@@ -97,19 +122,12 @@ def explore(
                 if hold == 0:
                     action = FORWARD if rng.random() < forward_share else int(rng.choice([TURN_LEFT, TURN_RIGHT]))
                     hold = int(rng.integers(1, max_hold + 1))
-                rows["obs"].append(obs)
-                rows["action"].append(action)
-                rows["start"].append(start)
-                rows["episode"].append(episode)
-                rows["pos"].append(info["agent_pos"])
-                rows["dir"].append(info["agent_dir"])
-                rows["goal"].append(info.get("goal_pos"))
-                rows["cue"].append(memory_cue(info))
+                recorder.add(obs, action, start, episode, info)
                 obs, _, terminated, truncated, info = env.step(action)
                 done, start, hold = terminated or truncated, False, hold - 1
     finally:
         env.close()
-    return stack_ground_truth(rows)
+    return recorder.trajectories()
 
 
 def probe_targets(

@@ -332,8 +332,8 @@ def _run_jobs_on_ray(jobs: list[Job], workers: int, threads: int) -> list[str]:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
         else:
-            # Ray starts its workers at niceness 15; runs would then crawl beside any other load
-            # on the machine, where the local backend's run at the user's priority.
+            # Ray starts its workers at niceness 15, so runs would crawl beside any other load on
+            # the machine; the local backend's runs have the user's priority, and so do these.
             worker_niceness = {"worker_niceness": 0}
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _system_config=worker_niceness)
 

@@ -23,7 +23,7 @@ from agents.networks import FrameEncoder
 from cpc_rl import CPCHead
 from cpc_rl.probe import linear_probe
 from cpc_rl.sequences import run_rnn_with_resets
-from envs.exploration import GROUND_TRUTH_ROWS, Trajectories, explore, memory_cue, probe_targets, stack_ground_truth
+from envs.exploration import Trajectories, TrajectoryRecorder, explore, probe_targets
 from experiments.files import save_figure_atomically, write_text_atomically
 
 METHODS = ("random", "cpc", "cpca", "supervised")
@@ -449,35 +449,21 @@ def rollout_agent(
     import envs
 
     env = envs.make_env(env_id, seed=seed, **env_kwargs)
-    rows: dict[str, list] = {name: [] for name in GROUND_TRUTH_ROWS}
+    recorder = TrajectoryRecorder()
     try:
         episode = 0
-        while episode < episodes or len(rows["obs"]) < min_steps:
+        while episode < episodes or len(recorder) < min_steps:
             obs, info = env.reset()
             state, start, done = None, True, False
             while not done:
                 action, state = model.predict(obs, state=state, episode_start=np.array([start]))
-                for name, value in zip(
-                    rows,
-                    (
-                        obs,
-                        int(action),
-                        start,
-                        episode,
-                        info["agent_pos"],
-                        info["agent_dir"],
-                        info.get("goal_pos"),
-                        memory_cue(info),
-                    ),
-                    strict=True,
-                ):
-                    rows[name].append(value)
+                recorder.add(obs, int(action), start, episode, info)
                 obs, _, terminated, truncated, info = env.step(int(action))
                 start, done = False, terminated or truncated
             episode += 1
     finally:
         env.close()
-    return stack_ground_truth(rows)
+    return recorder.trajectories()
 
 
 @torch.no_grad()
