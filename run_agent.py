@@ -30,7 +30,7 @@ from typing import NoReturn
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
 from agents.presets import ALGORITHMS, AUX_CHOICES
-from experiments.config import DEFAULT_ENV, RunConfig, RunError, RunFailed, RunInterrupted
+from experiments.config import DEFAULT_ENV, PROBE_POLICIES, RunConfig, RunError, RunFailed, RunInterrupted
 
 MAIN_JOB_STEPS = 60_000
 
@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--episodes", type=int, default=50, help="at least this many episodes...")
     probe.add_argument("--min-steps", type=int, default=2000, help="...and at least this many steps")
     probe.add_argument("--again", action="store_true", help="in a comparison folder, probe runs already probed too")
+    probe.add_argument(
+        "--policy",
+        choices=PROBE_POLICIES,
+        default="agent",
+        help="whose steps: the agent's own (probe/probe.*) or an exploring policy blind to the task "
+        "(probe/explore.*: on memory tasks z_t then knows the cue only while it is in view)",
+    )
 
     representation = commands.add_parser(
         "representation", help="the CPC paper's protocol on MiniWorld: CPC vs random/CPC|A/supervised, probed"
@@ -415,14 +422,14 @@ def command_probe(args: argparse.Namespace) -> int:
     from experiments.representation import probe_comparison, probe_run
 
     if (args.run_dir / "runs").is_dir():
-        probed, no_model = probe_comparison(args.run_dir, args.episodes, args.again, args.min_steps)
+        probed, no_model = probe_comparison(args.run_dir, args.episodes, args.again, args.min_steps, args.policy)
         print(f"probed {len(probed)} runs of {args.run_dir} (probe/ in each run; `report` puts them in the tables)")
         if no_model:
             print(f"{len(no_model)} finished runs have no model.zip (models are not committed): not probed")
         return 0
-    out = probe_run(args.run_dir, args.episodes, min_steps=args.min_steps)
-    print((out / "probe.md").read_text())
-    print(f"written: {out / 'probe.md'}, {out / 'probe.csv'}, {out / 'probe.png'}")
+    table = probe_run(args.run_dir, args.episodes, min_steps=args.min_steps, policy=args.policy)
+    print(table.with_suffix(".md").read_text())
+    print(f"written: {table.with_suffix('.md')}, {table}, {table.with_suffix('.png')}")
     return 0
 
 

@@ -97,6 +97,7 @@ def explore(
     seed: int = 0,
     max_hold: int = 8,
     forward_share: float = 0.6,
+    min_steps: int = 0,
     **env_kwargs,
 ) -> Trajectories:
     """
@@ -107,6 +108,7 @@ def explore(
     :param env_id: a MiniWorld id.
     :param episodes: whole episodes to collect.
     :param seed: seed of the env and the policy.
+    :param min_steps: more whole episodes until at least this many steps are collected.
     :param env_kwargs: passed to :func:`envs.make_env` (``max_episode_steps`` bounds episodes).
     """
     if episodes < 1:
@@ -115,7 +117,8 @@ def explore(
     env = make_env(env_id, seed=seed, **env_kwargs)
     recorder = TrajectoryRecorder()
     try:
-        for episode in range(episodes):
+        episode = 0
+        while episode < episodes or len(recorder) < min_steps:
             obs, info = env.reset()
             done, start, action, hold = False, True, FORWARD, 0
             while not done:
@@ -125,6 +128,7 @@ def explore(
                 recorder.add(obs, action, start, episode, info)
                 obs, _, terminated, truncated, info = env.step(action)
                 done, start, hold = terminated or truncated, False, hold - 1
+            episode += 1
     finally:
         env.close()
     return recorder.trajectories()

@@ -354,6 +354,6 @@ def _run_jobs_on_ray(jobs: list[Job], workers: int, threads: int) -> list[str]:
     return [f"{job.run_dir}: exit {code}: {line}" for job, code, line in results if code != 0]
 
 
-def probe_table(run_dir: Path) -> Path:
-    """Where ``run_agent.py probe`` leaves a run's probe scores."""
-    return Path(run_dir) / "probe" / "probe.csv"
+def probe_table(run_dir: Path, policy: str = "agent") -> Path:
+    """Where ``run_agent.py probe [--policy explore]`` leaves a run's probe scores."""
+    return Path(run_dir) / "probe" / ("probe.csv" if policy == "agent" else f"{policy}.csv")

@@ -14,6 +14,8 @@ from agents.presets import ALGORITHMS, AUX_CHOICES, PRECISIONS, preset
 
 DEFAULT_ENV = "MiniWorld-Hallway-v0"
 VEC_ENV_CHOICES = ("auto", "subproc", "dummy")
+#: Whose steps ``run_agent.py probe`` fits on: the agent's own policy, or an exploring policy blind to the task.
+PROBE_POLICIES = ("agent", "explore")
 # Settings of how a run goes, not of the agent it trains.
 RUN_SETTINGS = ("eval_freq", "eval_episodes", "save_freq", "keep_checkpoints", "threads", "vec_env")
 

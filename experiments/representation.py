@@ -356,7 +356,9 @@ All rows: [representation.csv](representation.csv).
 PROBE_MIN_STEPS = 2000
 
 
-def probe_run(run_dir: Path, episodes: int = 50, seed: int = 30_000, min_steps: int = PROBE_MIN_STEPS) -> Path:
+def probe_run(
+    run_dir: Path, episodes: int = 50, seed: int = 30_000, min_steps: int = PROBE_MIN_STEPS, policy: str = "agent"
+) -> Path:
     """
     Probe a trained agent: roll it out, probe its encoder output ``z_t`` and its context ``c_t``
     (the actor LSTM, or the CPC head's GRU of feed-forward agents), write ``probe/``.
@@ -365,7 +367,13 @@ def probe_run(run_dir: Path, episodes: int = 50, seed: int = 30_000, min_steps: 
     :param min_steps: ...and at least this many steps: a good agent on a small task ends its
         episodes in a few steps, and 50 of them (~300 steps) left the probes of 256 features
         fitting noise (held-out R² down to -12 on OneRoomS6Fast).
+    :param policy: whose steps: ``"agent"`` (its own stochastic policy: ``probe/probe.*``) or
+        ``"explore"`` (:func:`envs.exploration.explore`, whose actions ignore the task, so that on a
+        memory task ``z_t`` only knows the cue while it is in view: ``probe/explore.*``).
+    :return: the table of scores written (``probe.csv`` or ``explore.csv``, beside its ``.md`` and ``.png``).
     """
+    from experiments.compare import probe_table
+    from experiments.config import PROBE_POLICIES
     from experiments.runs import RunError, latest_model_path, load_model, read_config
 
     run_dir = Path(run_dir)
@@ -373,41 +381,47 @@ def probe_run(run_dir: Path, episodes: int = 50, seed: int = 30_000, min_steps: 
         raise RunError(f"run directory {run_dir} does not exist")
     if episodes < 2:
         raise RunError(f"--episodes must be >= 2 (the probe holds out whole episodes); got {episodes}")
+    if policy not in PROBE_POLICIES:
+        raise RunError(f"--policy must be one of {', '.join(PROBE_POLICIES)}; got {policy!r}")
     config = read_config(run_dir)
     model = load_model(config, latest_model_path(run_dir))
-    trajectories = rollout_agent(model, config.env, episodes, seed, config.env_kwargs, min_steps)
+    if policy == "agent":
+        trajectories = rollout_agent(model, config.env, episodes, seed, config.env_kwargs, min_steps)
+    else:
+        trajectories = explore(config.env, episodes, seed=seed, min_steps=min_steps, **config.env_kwargs)
     features = agent_features(model, trajectories)
     rows = probe_features(features, trajectories)
     table = pd.DataFrame(rows)
     num_episodes, num_steps = len(np.unique(trajectories.episode_ids)), len(trajectories.episode_ids)
     table["episodes"], table["steps"] = num_episodes, num_steps
-    out = run_dir / "probe"
-    out.mkdir(exist_ok=True)
-    write_text_atomically(out / "probe.csv", table.to_csv(index=False))
+    csv = probe_table(run_dir, policy)
+    csv.parent.mkdir(exist_ok=True)
+    write_text_atomically(csv, table.to_csv(index=False))
     pivot = table.pivot_table(index="target", columns="features", values="score")
+    whose = "the agent's own (stochastic) policy" if policy == "agent" else "an exploring policy blind to the task"
     lines = [
         f"# Linear probes of {run_dir.name} ({config.algo}, aux={config.aux}, {model.num_timesteps} steps)",
         "",
-        f"{num_episodes} episodes ({num_steps} steps) of the agent's own (stochastic) policy, split by episode "
-        "70/30. "
-        "R² (regression) or accuracy (heading_sector, chance 0.125).",
+        f"{num_episodes} episodes ({num_steps} steps) of {whose}, split by episode 70/30. "
+        "R² (regression) or accuracy (heading_sector, chance 0.125; cue, chance 1 / its number of values).",
         "",
         "| target | " + " | ".join(f"from {c}" for c in pivot.columns) + " |",
         "|---|" + "---|" * len(pivot.columns),
     ]
     for target, row in pivot.iterrows():
         lines.append(f"| {target} | " + " | ".join(f"{value:.3f}" for value in row) + " |")
-    write_text_atomically(out / "probe.md", "\n".join(lines) + "\n")
-    _plot_probe(pivot, out / "probe.png", f"{run_dir.name}: linear probes")
-    return out
+    write_text_atomically(csv.with_suffix(".md"), "\n".join(lines) + "\n")
+    _plot_probe(pivot, csv.with_suffix(".png"), f"{run_dir.name}: linear probes ({policy} policy)")
+    return csv
 
 
 def probe_comparison(
-    out_dir: Path, episodes: int = 50, again: bool = False, min_steps: int = PROBE_MIN_STEPS
+    out_dir: Path, episodes: int = 50, again: bool = False, min_steps: int = PROBE_MIN_STEPS, policy: str = "agent"
 ) -> tuple[list[Path], list[Path]]:
     """
-    Probe every finished run of a comparison folder that has no ``probe/probe.csv`` yet (all of them
-    with ``again``). Models are not committed, so a run finished on another machine is skipped.
+    Probe every finished run of a comparison folder that has no probe of this policy yet (all of
+    them with ``again``; see :func:`probe_run`). Models are not committed, so a run finished on
+    another machine is skipped.
 
     :return: the runs probed, and the finished runs skipped for want of a model.
     """
@@ -416,13 +430,13 @@ def probe_comparison(
     from experiments.compare import find_jobs, probe_table
 
     finished = [job.run_dir for job in find_jobs(out_dir) if job.finished]
-    todo = [run_dir for run_dir in finished if again or not probe_table(run_dir).is_file()]
+    todo = [run_dir for run_dir in finished if again or not probe_table(run_dir, policy).is_file()]
     probed, no_model = [], []
     for run_dir in tqdm(todo, desc="probes", disable=not todo):
         if not (run_dir / "model.zip").is_file():
             no_model.append(run_dir)
             continue
-        probe_run(run_dir, episodes, min_steps=min_steps)
+        probe_run(run_dir, episodes, min_steps=min_steps, policy=policy)
         probed.append(run_dir)
     return probed, no_model
 

@@ -413,3 +413,19 @@ def test_probe_writes_a_table_and_a_plot_for_a_trained_run(trained_run, tmp_path
     assert "| position |" in (run_dir / "probe" / "probe.md").read_text()
     assert (run_dir / "probe" / "probe.png").stat().st_size > 1000
     assert_clean_error(run_agent("probe", run_dir, "--episodes", 1), "--episodes must be >= 2")
+
+
+def test_probe_on_an_exploring_policy_fits_the_cue_of_a_memory_task(tmp_path):
+    run_dir = tmp_path / "cue"
+    flags = ["--algo", "recurrent_ppo", "--env", "MiniWorld-CueCorridor-v0", "--steps", 80, "--n-envs", 1]
+    trained = run_agent("train", *flags, "--run-dir", run_dir, "--no-progress", *TINY)
+    assert trained.returncode == 0, trained.stderr
+    result = run_agent("probe", run_dir, "--policy", "explore", "--episodes", 4, "--min-steps", 120)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(run_dir / "probe" / "explore.csv")
+    assert (table["steps"] >= 120).all()
+    cue = table[table["target"] == "cue"].set_index("features")
+    assert set(cue.index) == {"z", "c"} and (cue["metric"] == "accuracy").all()
+    assert cue["score"].between(0, 1).all()
+    assert "exploring policy blind to the task" in (run_dir / "probe" / "explore.md").read_text()
+    assert not (run_dir / "probe" / "probe.csv").exists(), "the agent's own probe is another file"
