@@ -218,18 +218,27 @@ def gradient_table(scores: pd.DataFrame, env_id: str, arms: list[str]) -> str:
     )
 
 
-# What reports show of a run's probes (``run_agent.py probe``): where the agent is and which way it faces, from c_t.
+# What reports show of a run's probes (``run_agent.py probe``): where the agent is and which way it
+# faces, from c_t; on memory tasks probed with ``--policy explore``, the cue from z_t and from c_t.
 PROBED_TARGETS = ("position", "heading", "heading_sector")
 
 
 def probe_scores(run_dir: Path) -> dict[str, float]:
-    """The probes of a run's context ``c_t`` (position and heading R², heading-sector accuracy), if it was probed."""
+    """
+    A probed run's ``probe_c_<target>`` scores (its own policy), and ``explore_z_cue``,
+    ``explore_c_cue`` where a memory task's run was probed on an exploring policy.
+    """
+    scores = {}
     path = probe_table(run_dir)
-    if not path.is_file():
-        return {}
-    table = pd.read_csv(path)
-    of_c = table[table["features"] == "c"].set_index("target")["score"]
-    return {f"probe_c_{target}": float(of_c[target]) for target in PROBED_TARGETS if target in of_c}
+    if path.is_file():
+        table = pd.read_csv(path)
+        of_c = table[table["features"] == "c"].set_index("target")["score"]
+        scores.update({f"probe_c_{target}": float(of_c[target]) for target in PROBED_TARGETS if target in of_c})
+    path = probe_table(run_dir, "explore")
+    if path.is_file():
+        cue = pd.read_csv(path).query("target == 'cue'").set_index("features")["score"]
+        scores.update({f"explore_{features}_cue": float(score) for features, score in cue.items()})
+    return scores
 
 
 def run_scores(job: Job) -> dict[str, Any] | None:
@@ -289,20 +298,21 @@ def _format(estimate: float, low: float, high: float) -> str:
 def env_table(scores: pd.DataFrame, env_id: str, arms: list[str], baseline: str) -> str:
     """Markdown tables of one env: each arm across seeds, then each arm minus the baseline."""
     of_env = scores[scores["env"] == env_id]
+    columns = ["cpc_accuracy_k1", "cpc_accuracy_kK", "cpc_mi_bound", "probe_c_position", "probe_c_heading"]
+    header = "| CPC acc. k=1 | CPC acc. k=K | MI bound (nats) | probe c→position R² | probe c→heading R² |"
+    if "explore_c_cue" in of_env and of_env["explore_c_cue"].notna().any():
+        columns += ["explore_z_cue", "explore_c_cue"]
+        header += " cue from z, explore policy | cue from c, explore policy |"
     rows = [
         "| arm | seeds | final return, mean [95% CI] | final return, IQM [95% CI] | AUC, mean [95% CI] "
-        "| AUC, IQM [95% CI] "
-        "| final success | CPC acc. k=1 | CPC acc. k=K | MI bound (nats) | probe c→position R² | probe c→heading R² |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| AUC, IQM [95% CI] | final success " + header,
+        "|" + "---|" * (7 + len(columns)),
     ]
     for arm in arms:
         group = of_env[of_env["arm"] == arm]
         if group.empty:
             continue
-        cpc = [
-            f"{group[key].mean():.3f}" if key in group and group[key].notna().any() else "–"
-            for key in ("cpc_accuracy_k1", "cpc_accuracy_kK", "cpc_mi_bound", "probe_c_position", "probe_c_heading")
-        ]
+        cpc = [f"{group[key].mean():.3f}" if key in group and group[key].notna().any() else "–" for key in columns]
         rows.append(
             f"| {arm} | {len(group)} | {_format(*bootstrap_ci(group['final_return']))} | "
             f"{_format(*bootstrap_ci(group['final_return'], iqm))} | {_format(*bootstrap_ci(group['auc']))} | "
@@ -496,6 +506,13 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
         "![learning curves](curves.png)",
         "",
     ]
+    if "explore_c_cue" in scores and scores["explore_c_cue"].notna().any():
+        lines += [
+            "Cue from z, c (explore policy): held-out accuracy of linear probes telling the episode's cue from the "
+            "agent's `z_t` and `c_t` on frames of a policy blind to the task (`probe --policy explore`): `z_t` sees "
+            "the cue only while it is in view, so what `c_t` adds is memory.",
+            "",
+        ]
     if eval_share.notna().any():
         lines += [f"Evaluation took {eval_share.mean():.1%} of the runs' wall time on average.", ""]
     lines += cost_lines(jobs, scores, arms)

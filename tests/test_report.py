@@ -193,3 +193,24 @@ def test_report_checks_pre_registered_goals(comparison):
     (comparison / "goals.yaml").write_text("- name: x\n  colour: red\n")
     with pytest.raises(RunError, match="not a list of goals"):
         write_report(find_jobs(comparison), comparison)
+
+
+def test_memory_tasks_probed_on_an_exploring_policy_report_the_cue_from_z_and_c(comparison):
+    for job in find_jobs(comparison):
+        if job.finished and job.config.env == "MiniWorld-TMaze-v0":  # as if it were a memory task
+            (job.run_dir / "probe").mkdir()
+            rows = [("z", "position", "R2", 0.4), ("z", "cue", "accuracy", 0.6)]
+            rows += [("c", "cue", "accuracy", 0.8 + 0.05 * job.config.seed)]
+            table = pd.DataFrame(rows, columns=["features", "target", "metric", "score"])
+            table.to_csv(job.run_dir / "probe" / "explore.csv", index=False)
+    report = write_report(find_jobs(comparison), comparison).read_text()
+    tmaze = report.split("## MiniWorld-TMaze-v0")[1].split("\n## ")[0]
+    hallway = report.split("## MiniWorld-Hallway-v0")[1].split("\n## ")[0]
+    assert "cue from c, explore policy" in tmaze and "cue" not in hallway
+    # c's accuracy over seeds 0-3: 0.8, 0.85, 0.9, 0.95 -> 0.875; no own-policy probe: "–" there.
+    none_row = next(line for line in tmaze.splitlines() if line.startswith("| none |"))
+    assert none_row.endswith("| – | – | 0.600 | 0.875 |")
+    header = next(line for line in tmaze.splitlines() if line.startswith("| arm | seeds |"))
+    rule = next(line for line in tmaze.splitlines() if line.startswith("|---|"))
+    assert header.count("|") == rule.count("|") == none_row.count("|")
+    assert "what `c_t` adds is memory" in report
