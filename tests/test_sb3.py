@@ -30,7 +30,7 @@ CASES = {
         {"n_steps": 12, "batch_size": 12, "n_epochs": 2},
     ),
 }
-CPC = {"horizon": 4, "context_size": 16}
+CPC = {"horizon": 4, "context_size": 16, "mode": "joint"}  # the mechanics below are joint CPC's, whatever the default
 
 
 def vec_env(n_envs=2, env_id="MiniWorld-Hallway-v0", **kwargs):
