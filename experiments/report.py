@@ -241,6 +241,11 @@ def probe_scores(run_dir: Path) -> dict[str, float]:
     return scores
 
 
+def _has_explore_cue(scores: pd.DataFrame) -> bool:
+    """Whether any run of these scores was probed for the cue on an exploring policy."""
+    return "explore_c_cue" in scores and scores["explore_c_cue"].notna().any()
+
+
 def run_scores(job: Job) -> dict[str, Any] | None:
     """
     Scores of a finished run: final evaluation return and success, the area under the training
@@ -300,7 +305,7 @@ def env_table(scores: pd.DataFrame, env_id: str, arms: list[str], baseline: str)
     of_env = scores[scores["env"] == env_id]
     columns = ["cpc_accuracy_k1", "cpc_accuracy_kK", "cpc_mi_bound", "probe_c_position", "probe_c_heading"]
     header = "| CPC acc. k=1 | CPC acc. k=K | MI bound (nats) | probe c→position R² | probe c→heading R² |"
-    if "explore_c_cue" in of_env and of_env["explore_c_cue"].notna().any():
+    if _has_explore_cue(of_env):
         columns += ["explore_z_cue", "explore_c_cue"]
         header += " cue from z, explore policy | cue from c, explore policy |"
     rows = [
@@ -506,7 +511,7 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
         "![learning curves](curves.png)",
         "",
     ]
-    if "explore_c_cue" in scores and scores["explore_c_cue"].notna().any():
+    if _has_explore_cue(scores):
         lines += [
             "Cue from z, c (explore policy): held-out accuracy of linear probes telling the episode's cue from the "
             "agent's `z_t` and `c_t` on frames of a policy blind to the task (`probe --policy explore`): `z_t` sees "
