@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         const=50,
         default=0,
         metavar="EPISODES",
-        help="probe each run's z_t and c_t right after it trains (default 50 episodes): models are not "
-        "committed, so a study that spans machines keeps its probes",
+        help="probe each run's z_t and c_t right after it trains (default 50 episodes), on memory tasks also "
+        "on an exploring policy (probe --policy explore): models are not committed, so a study that spans "
+        "machines keeps its probes",
     )
     _add_overrides_flag(
         compare, "settings for every run (as for train; default: one evaluation of 20 episodes at the end)"

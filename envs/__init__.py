@@ -14,7 +14,7 @@ from envs.factory import (
     make_vec_env,
 )
 from envs.rendering import RendererUnavailableError
-from envs.tasks import SIGN_COLORS, TASK_KINDS, register_tasks
+from envs.tasks import CUE_TASKS, SIGN_COLORS, TASK_KINDS, register_tasks
 
 register_tasks()
 
@@ -25,6 +25,7 @@ __all__ = [
     "RendererUnavailableError",
     "SIGN_COLORS",
     "TASK_KINDS",
+    "CUE_TASKS",
     "check_env_id",
     "list_envs",
     "make_env",

@@ -21,6 +21,15 @@ from envs.rendering import RendererUnavailableError, import_miniworld
 #: The colours of MiniWorld-SignMemory-v0's sign; ``info["sign_color"]`` indexes it.
 SIGN_COLORS = ("blue", "red", "green")
 
+#: Memory tasks whose ``info`` names the episode's cue (:func:`envs.exploration.memory_cue`): probes of
+#: them fit the cue too, and ``compare --probe`` also probes them on an exploring policy.
+CUE_TASKS = (
+    "MiniWorld-SignMemory-v0",
+    "MiniWorld-CueCorridor-v0",
+    "MiniWorld-CueTMaze-v0",
+    "MiniWorld-CueMatch-v0",
+)
+
 #: What each task of the suite tests, as ``envs.list_envs(with_kinds=True)`` shows it.
 TASK_KINDS: dict[str, str] = {
     "MiniWorld-SignMemory-v0": "memory: read a sign, turn away, go to the box of its colour",

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.config import RunConfig, RunError, RunInterrupted, check_hyperparams
+from envs.tasks import CUE_TASKS
+from experiments.config import PROBE_POLICIES, RunConfig, RunError, RunInterrupted, check_hyperparams
 from experiments.runs import format_duration, read_config, read_status
 from experiments.safety import FolderLock, sigterm_as_interrupt
 
@@ -110,15 +111,28 @@ class Job:
         return read_status(self.run_dir).get("state") == "finished"
 
     @property
-    def needs_probe(self) -> bool:
-        """Asked for a probe, and none is on disk yet (a finished run without its model is never probed)."""
-        if not self.probe_episodes or probe_table(self.run_dir).is_file():
-            return False
-        return not self.finished or (self.run_dir / "model.zip").is_file()
+    def probe_policies(self) -> tuple[str, ...]:
+        """
+        Whose steps the probes take: the agent's own, and on memory tasks also an exploring policy's,
+        since a trained agent that heads for the cued box shows the cue to ``z_t`` (see ``probe --policy``).
+        """
+        return PROBE_POLICIES if self.config.env in CUE_TASKS else ("agent",)
 
-    def probe_command(self) -> list[str]:
-        """The ``run_agent.py probe`` command for this job's trained agent."""
-        return [sys.executable, str(RUN_AGENT), "probe", str(self.run_dir), "--episodes", str(self.probe_episodes)]
+    @property
+    def missing_probes(self) -> list[str]:
+        """The probe policies asked for with no table on disk yet (a finished run without its model gets none)."""
+        if not self.probe_episodes or (self.finished and not (self.run_dir / "model.zip").is_file()):
+            return []
+        return [policy for policy in self.probe_policies if not probe_table(self.run_dir, policy).is_file()]
+
+    @property
+    def needs_probe(self) -> bool:
+        return bool(self.missing_probes)
+
+    def probe_commands(self) -> list[list[str]]:
+        """The ``run_agent.py probe`` commands that take this job's missing probes."""
+        command = [sys.executable, str(RUN_AGENT), "probe", str(self.run_dir), "--episodes", str(self.probe_episodes)]
+        return [[*command, "--policy", policy] for policy in self.missing_probes]
 
     def command(self) -> list[str]:
         """The ``run_agent.py train`` command that runs (or resumes) this job."""
@@ -222,9 +236,10 @@ def _run_job_locally(job: Job, threads: int) -> tuple[Job, int, str]:
         code, last_line = _run_command(job.command(), threads)
         if code != 0:
             return job, code, last_line
-    if job.needs_probe:
-        code, last_line = _run_command(job.probe_command(), threads)
-        return job, code, f"probe: {last_line}" if code != 0 else ""
+    for command in job.probe_commands():
+        code, last_line = _run_command(command, threads)
+        if code != 0:
+            return job, code, f"probe: {last_line}"
     return job, 0, ""
 
 

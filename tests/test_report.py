@@ -149,6 +149,22 @@ def test_runs_are_planned_seed_by_seed_across_tasks(tmp_path):
     assert [job.config.steps for job in jobs[:4]] == [1000, 1000, 2000, 2000] and len(set(order)) == 8
 
 
+def test_compare_probes_memory_tasks_on_the_agents_and_an_exploring_policy(tmp_path):
+    budgets = {"MiniWorld-CueCorridor-v0": 1000, "MiniWorld-Hallway-v0": 1000}
+    cue, hallway = plan_jobs(RunConfig(algo="recurrent_ppo"), budgets, [parse_arm("cpc")], [3], tmp_path)
+    assert not cue.needs_probe, "no probe unless asked"
+    cue.probe_episodes = hallway.probe_episodes = 4
+    assert cue.missing_probes == ["agent", "explore"] and hallway.missing_probes == ["agent"]
+    assert [command[-2:] for command in cue.probe_commands()] == [["--policy", "agent"], ["--policy", "explore"]]
+    # A comparison stopped between the two probes takes only the one it lacks when it resumes.
+    (cue.run_dir / "probe").mkdir(parents=True)
+    (cue.run_dir / "probe" / "probe.csv").write_text("target\n")
+    assert cue.missing_probes == ["explore"] and cue.needs_probe
+    # A finished run whose model went missing is not probed (its training is not taken again either).
+    (cue.run_dir / "status.json").write_text(json.dumps({"state": "finished"}))
+    assert cue.missing_probes == [] and not cue.needs_probe
+
+
 def test_a_rebuilt_report_keeps_its_title_unless_given_another(comparison):
     jobs = find_jobs(comparison)
     assert write_report(jobs, comparison).read_text().startswith("# Comparison of arms\n")
