@@ -268,6 +268,7 @@ def test_compare_refuses_bad_arms_before_any_run(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.xdist_group("ray")
 def test_compare_on_a_local_ray_instance(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "compare"

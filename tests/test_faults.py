@@ -345,6 +345,7 @@ def test_freed_memory_stays_mapped_between_updates_up_to_the_budget():
         release._on_training_end()
 
 
+@pytest.mark.xdist_group("ray")
 def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "compare"
