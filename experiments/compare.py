@@ -127,6 +127,7 @@ class Job:
 
     @property
     def needs_probe(self) -> bool:
+        """Some probe asked for is still to be taken."""
         return bool(self.missing_probes)
 
     def probe_commands(self) -> list[list[str]]:
