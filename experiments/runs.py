@@ -32,6 +32,7 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.factory import ALGORITHM_CLASSES, make_agent
+from cpc_rl.sb3.config import SETTINGS_BEFORE_THE_KEY
 from experiments.config import (
     RunConfig,
     RunError,
@@ -138,7 +139,9 @@ def like_config(run_dir: Path) -> RunConfig:
         n_envs=env["n_envs"],
         precision=run.get("precision", "float32"),
         hyperparams=arguments,
-        cpc_kwargs=cpc_kwargs or {},
+        # Settings recorded before a CPC key existed were trained as SETTINGS_BEFORE_THE_KEY says, not
+        # as today's default would.
+        cpc_kwargs={**SETTINGS_BEFORE_THE_KEY, **cpc_kwargs} if cpc_kwargs else {},
         env_kwargs=env.get("kwargs") or {},
     )
 

@@ -141,6 +141,16 @@ def test_a2c_records_the_optimizer_it_gives_its_policy():
     assert policy["optimizer_kwargs"]["eps"] == 1e-5
 
 
+def test_like_replays_settings_recorded_before_a_cpc_key_existed_as_they_were_trained():
+    # The first study's runs predate cpc_kwargs' mode (they trained joint CPC), whatever the default is now.
+    run_dir = REPO / "docs/results/study/runs/MiniWorld-SignMemory-v0/cpc/seed_0"
+    recorded = yaml.safe_load((run_dir / "settings.yaml").read_text())["algorithm"]["arguments"]["cpc_kwargs"]
+    assert "mode" not in recorded
+    cpc_kwargs = like_config(run_dir).cpc_kwargs
+    assert cpc_kwargs["mode"] == "joint" and cpc_kwargs["max_grad_ratio"] == 1.0
+    assert cpc_kwargs["coef"] == recorded["coef"] == 0.1 and cpc_kwargs["horizon"] == 8
+
+
 def test_like_refuses_what_it_cannot_replay(tmp_path):
     with pytest.raises(RunError, match="no settings.yaml"):
         write_run(tmp_path, "MiniWorld-Hallway-v0", "cpc", 0, 0.5, [0.5])

@@ -267,7 +267,7 @@ def test_balanced_mode_caps_cpc_gradient_and_at_weight_0_is_the_control(algo):
     assert ratios["balanced"] < ratios["joint"] / 2, ratios
 
 
-def test_feed_forward_context_network_is_an_lstm_or_a_gru_and_old_models_keep_their_gru(tmp_path):
+def test_feed_forward_context_network_is_an_lstm_or_a_gru_and_old_models_keep_their_settings(tmp_path):
     import json
     import zipfile
 
@@ -282,18 +282,22 @@ def test_feed_forward_context_network_is_an_lstm_or_a_gru_and_old_models_keep_th
     gru = build("ppo", {**CPC, "context_network": "gru"})
     assert isinstance(gru.policy.cpc_context, nn.GRU)
     gru.save(tmp_path / "gru.zip")
-    # A model saved before the choice existed (0.1.0) stores cpc_kwargs without it; it was a GRU.
+    # A model saved before the choices existed (0.1.0) stores cpc_kwargs without them; it was a GRU
+    # trained jointly, whatever today's defaults say.
     with zipfile.ZipFile(tmp_path / "gru.zip") as archive:
         entries = {name: archive.read(name) for name in archive.namelist()}
     data = json.loads(entries["data"])
     for stored in (data["policy_kwargs"]["cpc_kwargs"], data["cpc_kwargs"]):
         assert stored.pop("context_network") == "gru"
+        assert stored.pop("mode") == "joint" and stored.pop("max_grad_ratio")
     entries["data"] = json.dumps(data).encode()
     with zipfile.ZipFile(tmp_path / "old.zip", "w") as archive:
         for name, content in entries.items():
             archive.writestr(name, content)
     old = CPCPPO.load(tmp_path / "old.zip", device="cpu")
     assert isinstance(old.policy.cpc_context, nn.GRU)
+    assert old.cpc_kwargs["mode"] == old.policy.cpc_kwargs["mode"] == "joint"
+    assert old.cpc_kwargs["max_grad_ratio"] == 1.0
     for name, tensor in gru.policy.cpc_context.state_dict().items():
         assert torch.equal(old.policy.cpc_context.state_dict()[name], tensor)
     with open(tmp_path / "old.zip", "rb") as file:  # a file object, as SB3 takes

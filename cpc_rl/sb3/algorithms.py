@@ -19,7 +19,7 @@ from cpc_rl.sb3.buffers import (
     SequenceRolloutBuffer,
     piece_length,
 )
-from cpc_rl.sb3.config import resolve_cpc_kwargs
+from cpc_rl.sb3.config import SETTINGS_BEFORE_THE_KEY, resolve_cpc_kwargs
 from cpc_rl.sb3.policies import (
     CPCActorCriticCnnPolicy,
     CPCActorCriticPolicy,
@@ -124,12 +124,16 @@ class _CPCAlgorithmMixin:
         """
         SB3's ``load``. ``policy_kwargs`` given as when the model was made (SB3's idiom) are
         accepted: the ``cpc_kwargs`` the model stores in its policy kwargs are added to them. A
-        model saved before ``context_network`` existed keeps the GRU it was trained with.
+        model saved before a ``cpc_kwargs`` key existed keeps what it was trained with
+        (:data:`~cpc_rl.sb3.config.SETTINGS_BEFORE_THE_KEY`: a GRU context, joint CPC), not
+        today's default.
         """
         data = _stored_data(path, custom_objects)
         stored_cpc = data.get("cpc_kwargs")
-        if isinstance(stored_cpc, dict) and "context_network" not in stored_cpc and "cpc_kwargs" not in kwargs:
-            kwargs["cpc_kwargs"] = {**stored_cpc, "context_network": "gru"}
+        if isinstance(stored_cpc, dict) and "cpc_kwargs" not in kwargs:
+            missing = {key: value for key, value in SETTINGS_BEFORE_THE_KEY.items() if key not in stored_cpc}
+            if missing:
+                kwargs["cpc_kwargs"] = {**stored_cpc, **missing}
         given = kwargs.get("policy_kwargs")
         if given is not None and "cpc_kwargs" not in given:
             stored = data.get("policy_kwargs", {})

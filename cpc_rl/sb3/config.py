@@ -44,6 +44,10 @@ where it enters the shared network (``z_t``; the LSTM output ``c_t`` of the recu
 within ``max_grad_ratio`` times RL's gradient there; ``coef`` is the most it may be.
 """
 
+#: What a model saved before a ``cpc_kwargs`` key existed trained with: loading fills these in, not
+#: today's defaults, so an old model goes on training as it was trained.
+SETTINGS_BEFORE_THE_KEY: dict[str, Any] = {"context_network": "gru", "mode": "joint", "max_grad_ratio": 1.0}
+
 #: The recurrent networks that can give feed-forward policies their CPC contexts.
 CONTEXT_NETWORKS = ("gru", "lstm")
 
