@@ -464,12 +464,9 @@ def command_representation(args: argparse.Namespace) -> int:
 
 
 def _last_cpc_figures(run_dir: Path) -> str:
-    import pandas as pd
+    from experiments.runs import training_log
 
-    frames = [pd.read_csv(path) for path in sorted((run_dir / "logs").glob("segment_*/progress.csv"))]
-    if not frames:
-        return ""
-    progress = pd.concat(frames)
+    progress = training_log(run_dir)
     if "train/cpc_accuracy" not in progress:
         return ""
     last = progress.dropna(subset=["train/cpc_accuracy"]).iloc[-1]

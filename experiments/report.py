@@ -17,7 +17,7 @@ from experiments.config import RunError
 from experiments.files import save_figure_atomically, write_text_atomically
 from experiments.goals import goals_section, read_goals
 from experiments.record import PROVENANCE_FILE, agent_defining
-from experiments.runs import cpu_hours, episode_curve, read_settings, read_status
+from experiments.runs import cpu_hours, episode_curve, read_settings, read_status, training_log
 from experiments.stats import bootstrap_ci, difference_ci, iqm, probability_of_improvement
 
 CURVE_BINS = 20
@@ -158,11 +158,10 @@ def training_curve(run_dir: Path, total_steps: int, bins: int = CURVE_BINS) -> n
 
 def cpc_figures(run_dir: Path, last_fraction: float = 0.1) -> dict[str, float]:
     """The CPC figures logged over the last ``last_fraction`` of a run's updates: accuracy at k=1 and K, MI bound."""
-    frames = [pd.read_csv(path) for path in sorted(Path(run_dir).glob("logs/segment_*/progress.csv"))]
-    frames = [frame for frame in frames if "train/cpc_accuracy" in frame]
-    if not frames:
+    progress = training_log(Path(run_dir))
+    if "train/cpc_accuracy" not in progress:
         return {}
-    progress = pd.concat(frames).dropna(subset=["train/cpc_accuracy"])
+    progress = progress.dropna(subset=["train/cpc_accuracy"])
     horizons = [int(m.group(1)) for c in progress for m in [re.fullmatch(r"train/cpc_accuracy_k(\d+)", c)] if m]
     tail = progress.iloc[-max(1, int(len(progress) * last_fraction)) :]
     return {
@@ -177,11 +176,9 @@ def gradient_figures(run_dir: Path) -> dict[str, float]:
     CPC's gradient over RL's at the shared representation (``c_t``, else ``z_t``) and their cosine,
     mean over a run's updates, if it logged them (``train/*_grad_*``).
     """
-    frames = [pd.read_csv(path) for path in sorted(Path(run_dir).glob("logs/segment_*/progress.csv"))]
-    frames = [frame for frame in frames if "train/cpc_grad_norm_z" in frame]
-    if not frames:
+    progress = training_log(Path(run_dir))
+    if "train/cpc_grad_norm_z" not in progress:
         return {}
-    progress = pd.concat(frames)
     figures = {}
     for where in ("c", "z"):
         if f"train/cpc_grad_norm_{where}" not in progress:

@@ -309,6 +309,14 @@ def episode_curve(run_dir: Path) -> pd.DataFrame:
     return pd.concat(frames).sort_values("step").reset_index(drop=True)
 
 
+def training_log(run_dir: Path) -> pd.DataFrame:
+    """SB3's ``progress.csv`` of all of a run's segments, in order (empty if none logged a row)."""
+    # A segment stopped before SB3's first dump leaves an empty file: it logged nothing.
+    paths = sorted((run_dir / "logs").glob("segment_*/progress.csv"), key=lambda path: int(path.parent.name[8:]))
+    frames = [pd.read_csv(path) for path in paths if path.stat().st_size > 0]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def plot_learning_curve(run_dir: Path, title: str) -> Path:
     import matplotlib
 
@@ -576,12 +584,12 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
         write_yaml(run_dir / "config.yaml", config.to_dict())
         with open(run_dir / "command.txt", "a") as file:
             file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join([sys.executable, *sys.argv])}\n")
-        segment = len(list((run_dir / "logs").glob("segment_*"))) if (run_dir / "logs").exists() else 0
-        model.set_logger(configure(str(run_dir / "logs" / f"segment_{segment}"), ["csv", "tensorboard"]))
         remaining = config.steps - model.num_timesteps
         run.write_status("running", model.num_timesteps)
         with sigterm_as_interrupt():
-            if remaining > 0:
+            if remaining > 0:  # a run stopped after its last step only evaluates: no log segment
+                segment = len(list((run_dir / "logs").glob("segment_*"))) if (run_dir / "logs").exists() else 0
+                model.set_logger(configure(str(run_dir / "logs" / f"segment_{segment}"), ["csv", "tensorboard"]))
                 callbacks = [FiniteGuard(), ReleaseFreedMemory(), _RunCallback(run)]
                 callbacks += [ActingThreads(torch.get_num_threads())]
                 callbacks += [_ProgressCallback(run, progress_seconds)] if progress else []

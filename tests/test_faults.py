@@ -22,7 +22,8 @@ from test_cli import REPO, TINY, assert_clean_error, run_agent
 import envs
 from agents import make_agent
 from experiments.config import RunConfig, RunError, chosen_vec_env
-from experiments.runs import Run
+from experiments.report import cpc_figures, gradient_figures
+from experiments.runs import Run, training_log
 from experiments.safety import (
     ActingThreads,
     FiniteGuard,
@@ -33,6 +34,7 @@ from experiments.safety import (
     heap_breakdown,
     resident_bytes,
 )
+from run_agent import _last_cpc_figures
 
 TINY_PPO = dict(n_steps=40, batch_size=40, cpc_kwargs={"horizon": 8, "sequence_length": 40})
 SMALL_POLICY = {"features_extractor_kwargs": {"features_dim": 32}}
@@ -237,6 +239,26 @@ def test_a_stopped_comparison_leaves_no_run_behind_and_resumes(tmp_path, stop):
         status = json.loads((run_dir / "status.json").read_text())
         assert status["state"] == "finished" and status["num_timesteps"] >= 1000
         assert len(list((run_dir / "logs").glob("segment_*"))) == 2, "the run resumed rather than restarted"
+
+
+def test_a_run_stopped_after_its_last_step_resumes_to_a_report(tmp_path):
+    # A stop between the last update and the final evaluation (a session's end did this to a study run).
+    run_dir = tmp_path / "run"
+    first = train_tiny(run_dir, "keep_checkpoints=5")
+    assert first.returncode == 0, first.stderr
+    (run_dir / "model.zip").unlink()
+    (run_dir / "status.json").write_text(json.dumps({"state": "interrupted", "num_timesteps": 80}))
+    result = run_agent("train", "--resume", run_dir, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    assert [path.name for path in (run_dir / "logs").iterdir()] == ["segment_0"]  # nothing left to log
+    # A segment killed before SB3's first dump leaves an empty progress.csv: it is skipped, not fatal.
+    (run_dir / "logs" / "segment_1").mkdir()
+    (run_dir / "logs" / "segment_1" / "progress.csv").write_text("")
+    assert len(training_log(run_dir)) == 2  # the two updates of segment 0
+    assert 0 <= cpc_figures(run_dir)["cpc_accuracy_k1"] <= 1
+    assert gradient_figures(run_dir)["grad_ratio_z"] > 0
+    assert "At the last update CPC picked the true future" in _last_cpc_figures(run_dir)
 
 
 def test_a_full_disk_keeps_every_earlier_result(tmp_path):
