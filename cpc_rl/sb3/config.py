@@ -18,8 +18,8 @@ CPC_DEFAULTS: dict[str, Any] = {
     "context_network": "lstm",
     "score_dim": None,
     "sequence_length": None,
-    "mode": "joint",
-    "max_grad_ratio": 1.0,
+    "mode": "balanced",
+    "max_grad_ratio": 0.5,
 }
 """
 ``coef``: weight of the CPC loss in the actor-critic loss (0 computes and logs it without
@@ -41,7 +41,9 @@ alone and the heads (and LSTM) from RL as well (Stooke et al. 2021, ATC). With `
 decoupled encoder never learns: its control is itself at ``coef=0``, not the joint ``control``.
 ``"balanced"`` is joint with CPC's weight lowered, minibatch by minibatch, so that CPC's gradient
 where it enters the shared network (``z_t``; the LSTM output ``c_t`` of the recurrent agent) stays
-within ``max_grad_ratio`` times RL's gradient there; ``coef`` is the most it may be.
+within ``max_grad_ratio`` times RL's gradient there; ``coef`` is the most it may be. Balanced,
+with CPC's gradient at most half of RL's, is the default since study 2's confirmation
+(``docs/results/study2``); the presets before it trained ``"joint"``.
 """
 
 #: What a model saved before a ``cpc_kwargs`` key existed trained with: loading fills these in, not
