@@ -171,10 +171,9 @@ def _episode_limit(vec_env: Any) -> int | None:
     """The steps before truncation: MiniWorld's own limit, or a shorter ``TimeLimit`` that gym.make added."""
     limits = []
     for name in ("max_episode_steps", "_max_episode_steps"):  # the env's; TimeLimit's
-        try:
+        # Asked first: get_attr of a missing attribute kills a SubprocVecEnv's worker instead of raising.
+        if vec_env.has_attr(name):
             limits += [value for value in vec_env.get_attr(name, [0]) if isinstance(value, int)]
-        except AttributeError:
-            continue
     return min(limits, default=None)
 
 

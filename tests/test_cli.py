@@ -93,6 +93,21 @@ def test_train_writes_every_result(tmp_path, aux):
     assert [path.name for path in (run_dir / "checkpoints").glob("*.zip")] == ["step_0000000160.zip"]
 
 
+@pytest.mark.parametrize("limit", [None, 30])
+def test_train_with_env_worker_processes_records_the_episode_limit(tmp_path, limit):
+    # Any machine with more cores than envs picks worker processes (vec_env auto), and a MiniWorld
+    # env without gym's TimeLimit has no `_max_episode_steps`: asking a worker for it killed the worker.
+    run_dir = tmp_path / "run"
+    settings = [s for s in TINY if s not in ("vec_env=dummy", "env.max_episode_steps=40")] + ["vec_env=subproc"]
+    settings += [] if limit is None else [f"env.max_episode_steps={limit}"]
+    flags = ["--algo", "ppo", "--steps", 40, "--n-envs", 1, "--run-dir", run_dir, "--no-progress"]
+    result = run_agent("train", *flags, *settings)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "status.json").read_text())["vec_env"] == "subproc"
+    recorded = yaml.safe_load((run_dir / "settings.yaml").read_text())["env"]["max_episode_steps"]
+    assert recorded == (limit or 250)  # MiniWorld-Hallway-v0's own limit
+
+
 def test_interrupt_then_resume_continues_the_step_count(tmp_path):
     run_dir = tmp_path / "run"
     command = [
