@@ -236,14 +236,14 @@ def _return_text(result: dict) -> str:
 
 def command_train(args: argparse.Namespace) -> int:
     from experiments.config import apply_overrides
-    from experiments.runs import read_config, read_status, train, validate
+    from experiments.runs import read_status, resume_config, train, validate
 
     if args.resume is not None and args.like is not None:
         raise RunError("--resume continues a run and --like starts a new one: give one of them")
     if args.resume is not None:
         if not args.resume.is_dir():
             raise RunError(f"run directory {args.resume} does not exist")
-        config, run_dir, resume = read_config(args.resume), args.resume, True
+        config, run_dir, resume = resume_config(args.resume), args.resume, True
     elif args.like is not None:
         config, resume = _like_config(args), False
         run_dir = args.run_dir or _default_run_dir(config)

@@ -10,6 +10,7 @@ resume), ``evaluations.csv`` and ``learning_curve.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -202,6 +203,21 @@ def read_config(run_dir: Path) -> RunConfig:
         return RunConfig.from_dict(yaml.safe_load(path.read_text()))
     except (yaml.YAMLError, TypeError) as error:
         raise RunError(f"{path} is not a valid run config ({error})") from None
+
+
+def resume_config(run_dir: Path) -> RunConfig:
+    """
+    The config that resumes ``run_dir``: how it runs (steps, evaluations, checkpoints, threads...)
+    from its ``config.yaml``, the agent from its ``settings.yaml`` (as ``--like`` replays it), so a
+    run continues as the agent it is even after a default it relied on has changed. Runs from before
+    settings were recorded resume from ``config.yaml`` alone.
+    """
+    config = read_config(run_dir)
+    if read_settings(run_dir) is None:
+        return config
+    how_it_runs = ("steps", "eval_freq", "eval_episodes", "save_freq", "keep_checkpoints")
+    how_it_runs += ("device", "vec_env", "threads")
+    return dataclasses.replace(like_config(run_dir), **{key: getattr(config, key) for key in how_it_runs})
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

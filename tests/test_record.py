@@ -12,7 +12,7 @@ from experiments.compare import find_jobs
 from experiments.config import RunConfig, RunError, apply_overrides
 from experiments.record import SettingsError, agent_defining, flatten, resolve_references
 from experiments.report import split_mixed_arms, write_report
-from experiments.runs import like_config, train
+from experiments.runs import like_config, resume_config, train
 from tests.test_report import write_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,6 +122,30 @@ def test_a_resume_that_today_would_build_differently_is_refused(original, tmp_pa
     with pytest.raises(RunError, match="learning_rate: 0.0003 -> 0.123.*--like"):
         train(RunConfig.from_dict(config), run_dir, progress=False, resume=True)
     assert (run_dir / "provenance.yaml").read_text() == before  # nothing written
+
+
+def test_train_resume_continues_the_recorded_agent_after_the_defaults_change(original, tmp_path, monkeypatch):
+    # What `train --resume` does: a run interrupted under one default (CPC's mode, say) resumes
+    # under code with another as the agent it is, not as today's defaults would build it.
+    import shutil
+
+    run_dir = tmp_path / "resumable"
+    shutil.copytree(original, run_dir)
+    (run_dir / "model.zip").unlink()
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
+    monkeypatch.setitem(agents.presets.PRESETS["ppo"]["algo_kwargs"], "learning_rate", 0.123)
+    monkeypatch.setitem(agents.presets.PRESETS["ppo"], "cpc_kwargs", {"coef": 0.1, "horizon": 4, "mode": "decoupled"})
+    with pytest.raises(RunError, match="would build a different agent"):  # what today's presets would build
+        train(RunConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())), run_dir, resume=True)
+    resumed = resume_config(run_dir)
+    assert resumed.threads == 1 and resumed.vec_env == "dummy"  # how it runs: config.yaml's
+    assert train(resumed, run_dir, progress=False, resume=True)["num_timesteps"] == 320
+    recorded = yaml.safe_load((run_dir / "settings.yaml").read_text())["algorithm"]["arguments"]
+    assert recorded["learning_rate"] == 0.0003 and recorded["cpc_kwargs"]["mode"] == "balanced"
+    rewritten = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert rewritten["hyperparams"]["learning_rate"] == 0.0003 and rewritten["cpc_kwargs"]["mode"] == "balanced"
+    assert len(yaml.safe_load((run_dir / "provenance.yaml").read_text())["segments"]) == 2
 
 
 def test_a2c_records_the_optimizer_it_gives_its_policy():
