@@ -597,7 +597,8 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
             if created:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        write_yaml(run_dir / "config.yaml", config.to_dict())
+        if not resume:  # config.yaml stays what the user asked for; settings.yaml says what it built
+            write_yaml(run_dir / "config.yaml", config.to_dict())
         with open(run_dir / "command.txt", "a") as file:
             file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join([sys.executable, *sys.argv])}\n")
         remaining = config.steps - model.num_timesteps
