@@ -213,7 +213,7 @@ def resume_config(run_dir: Path) -> RunConfig:
     settings were recorded resume from ``config.yaml`` alone.
     """
     config = read_config(run_dir)
-    if read_settings(run_dir) is None:
+    if not (run_dir / SETTINGS_FILE).is_file():  # like_config reads and checks it
         return config
     how_it_runs = ("steps", "eval_freq", "eval_episodes", "save_freq", "keep_checkpoints")
     how_it_runs += ("device", "vec_env", "threads")
@@ -328,7 +328,8 @@ def episode_curve(run_dir: Path) -> pd.DataFrame:
 def training_log(run_dir: Path) -> pd.DataFrame:
     """SB3's ``progress.csv`` of all of a run's segments, in order (empty if none logged a row)."""
     # A segment stopped before SB3's first dump leaves an empty file: it logged nothing.
-    paths = sorted((run_dir / "logs").glob("segment_*/progress.csv"), key=lambda path: int(path.parent.name[8:]))
+    paths = (run_dir / "logs").glob("segment_*/progress.csv")
+    paths = sorted(paths, key=lambda path: int(path.parent.name.removeprefix("segment_")))
     frames = [pd.read_csv(path) for path in paths if path.stat().st_size > 0]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
