@@ -58,7 +58,7 @@ def _add_overrides_flag(parser: argparse.ArgumentParser, help_text: str) -> None
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     # Names follow the RL Baselines3 Zoo where they overlap (--env, --algo, -n, --seed, ...).
     # None marks a flag not given (a --like run refuses the ones that would change the agent).
-    parser.add_argument("--env", default=None, help=f"MiniWorld id (default {DEFAULT_ENV})")
+    parser.add_argument("--env", default=None, help=f"MiniWorld or ViZDoom id (default {DEFAULT_ENV})")
     parser.add_argument("--algo", default=None, choices=ALGORITHMS, help="default recurrent_ppo")
     parser.add_argument("--aux", default=None, choices=AUX_CHOICES, help="auxiliary loss (cpca: action-conditioned)")
     parser.add_argument("--steps", "-n", "--n-timesteps", dest="steps", type=int, default=None, help="total env steps")
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="ID[:STEPS]",
-        help="MiniWorld id, with its own step budget after a colon (repeatable)",
+        help="MiniWorld or ViZDoom id, with its own step budget after a colon (repeatable)",
     )
     compare.add_argument(
         "--arm",
@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     representation.add_argument("--seeds", type=int, default=None, help="seeds of the main comparison")
     representation.add_argument("--train-steps", type=int, default=None)
-    representation.add_argument("--task", dest="tasks", action="append", default=None, help="MiniWorld id (repeatable)")
+    representation.add_argument(
+        "--task", dest="tasks", action="append", default=None, help="MiniWorld or ViZDoom id (repeatable)"
+    )
     representation.add_argument("--no-progress", action="store_true")
     return parser
 

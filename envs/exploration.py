@@ -9,7 +9,6 @@ import numpy as np
 
 from envs.factory import make_env
 
-FORWARD, TURN_LEFT, TURN_RIGHT = 2, 0, 1
 HEADING_SECTORS = 8
 
 
@@ -105,7 +104,7 @@ def explore(
     them forward. Persistent actions cover a room far better than uniform random ones, which
     mostly turn in place.
 
-    :param env_id: a MiniWorld id.
+    :param env_id: a MiniWorld or ViZDoom id.
     :param episodes: whole episodes to collect.
     :param seed: seed of the env and the policy.
     :param min_steps: more whole episodes until at least this many steps are collected.
@@ -115,15 +114,17 @@ def explore(
         raise ValueError(f"episodes must be >= 1; got {episodes}")
     rng = np.random.default_rng(seed)
     env = make_env(env_id, seed=seed, **env_kwargs)
+    # MiniWorld and ViZDoom number their moves differently; each agent env names its own.
+    forward, turns = env.moves["move_forward"], [env.moves["turn_left"], env.moves["turn_right"]]
     recorder = TrajectoryRecorder()
     try:
         episode = 0
         while episode < episodes or len(recorder) < min_steps:
             obs, info = env.reset()
-            done, start, action, hold = False, True, FORWARD, 0
+            done, start, action, hold = False, True, forward, 0
             while not done:
                 if hold == 0:
-                    action = FORWARD if rng.random() < forward_share else int(rng.choice([TURN_LEFT, TURN_RIGHT]))
+                    action = forward if rng.random() < forward_share else int(rng.choice(turns))
                     hold = int(rng.integers(1, max_hold + 1))
                 recorder.add(obs, action, start, episode, info)
                 obs, _, terminated, truncated, info = env.step(action)

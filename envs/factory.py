@@ -1,4 +1,4 @@
-"""MiniWorld env factories: single envs, SB3 vector envs, and the ids they accept."""
+"""Env factories for MiniWorld and ViZDoom: single envs, SB3 vector envs, and the ids they accept."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.rendering import configure_headless, free_frame_buffers, give_own_display_list, import_miniworld
+from envs.vizdoom import VIZDOOM_KINDS, VIZDOOM_PREFIX, make_vizdoom_env, vizdoom_available
 
 configure_headless()
 
@@ -70,17 +71,20 @@ UNSUPPORTED = {
 
 def list_envs(with_kinds: bool = False) -> list[str] | dict[str, str]:
     """
-    The MiniWorld ids that :func:`make_env` accepts: those of the installed miniworld and
-    cpc-rl's own (see :mod:`envs.tasks`).
+    The ids that :func:`make_env` accepts: those of the installed miniworld, cpc-rl's own (see
+    :mod:`envs.tasks`) and, when vizdoom is installed, its scenarios (see :mod:`envs.vizdoom`).
 
     :param with_kinds: return ``{id: what it tests}`` for the ids whose kind is known.
     """
     import_miniworld()
     ids = sorted(env_id for env_id in gym.registry if env_id.startswith("MiniWorld-") and env_id not in UNSUPPORTED)
+    if vizdoom_available():
+        ids += list(VIZDOOM_KINDS)
     if with_kinds:
         from envs.tasks import TASK_KINDS
 
-        return {env_id: TASK_KINDS.get(env_id, "") for env_id in ids}
+        kinds = {**TASK_KINDS, **VIZDOOM_KINDS}
+        return {env_id: kinds.get(env_id, "") for env_id in ids}
     return ids
 
 
@@ -88,12 +92,25 @@ def check_env_id(env_id: str) -> None:
     """Raise ``ValueError`` naming the closest valid ids if ``env_id`` is not an id :func:`make_env` takes."""
     if env_id in UNSUPPORTED:
         raise ValueError(f"{env_id} is not supported: it {UNSUPPORTED[env_id]}")
+    if env_id.startswith(VIZDOOM_PREFIX) and not vizdoom_available():
+        from envs.vizdoom import INSTALL_HINT
+
+        raise ValueError(f"{env_id}: {INSTALL_HINT}")
     known = list_envs()
     if env_id in known:
         return
     close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown MiniWorld env id {env_id!r}.{hint} Valid ids: {', '.join(known)}")
+    raise ValueError(f"unknown env id {env_id!r}.{hint} Valid ids: {', '.join(known)}")
+
+
+def factory_defaults(env_id: str) -> dict[str, Any]:
+    """The env settings :func:`make_env` adds to the registration's for ``env_id`` unless given."""
+    if env_id.startswith(VIZDOOM_PREFIX):
+        from envs.vizdoom import vizdoom_defaults
+
+        return vizdoom_defaults()
+    return {}
 
 
 def _check_obs_size(obs_size: Any) -> tuple[int, int] | None:
@@ -119,6 +136,9 @@ class MiniWorldAgentEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
     :param env: a MiniWorld env made by ``gymnasium.make``.
     :param seed: seed of the first reset unless that reset is given one (and of the action space).
     """
+
+    #: The action of each single move (for exploring policies; :class:`envs.vizdoom.VizdoomAgentEnv` has its own).
+    moves = {"turn_left": 0, "turn_right": 1, "move_forward": 2}
 
     def __init__(self, env: gym.Env, seed: int | None = None) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, seed=seed)
@@ -171,16 +191,19 @@ def make_env(
     **env_kwargs: Any,
 ) -> gym.Env:
     """
-    Make one MiniWorld env, headless, ready for an agent.
+    Make one env, headless, ready for an agent: a MiniWorld task or a ViZDoom scenario.
 
-    :param env_id: a MiniWorld id (see :func:`list_envs`).
+    :param env_id: a MiniWorld or ViZDoom id (see :func:`list_envs`).
     :param seed: seed of the first reset; later resets continue its random stream.
-    :param obs_size: ``(height, width)`` of observations; MiniWorld's default is ``(60, 80)``.
-    :param env_kwargs: passed to the MiniWorld env (``max_episode_steps``, ``domain_rand``, ...).
+    :param obs_size: ``(height, width)`` of observations; the default is ``(60, 80)``.
+    :param env_kwargs: passed to the env: MiniWorld's (``max_episode_steps``, ``domain_rand``, ...) or
+        :func:`envs.vizdoom.make_vizdoom_env`'s (``frame_skip``, ``screen_resolution``, ...).
     :return: a gymnasium env with ``uint8`` channel-last image observations.
     """
     check_env_id(env_id)
     size = _check_obs_size(obs_size)
+    if env_id.startswith(VIZDOOM_PREFIX):
+        return make_vizdoom_env(env_id, seed=seed, obs_size=size, **env_kwargs)
     if size is not None:
         env_kwargs = {"obs_height": size[0], "obs_width": size[1], **env_kwargs}
     if env_kwargs.get("render_mode") is None:
@@ -220,9 +243,9 @@ def make_vec_env(
     **env_kwargs: Any,
 ) -> Any:
     """
-    Make ``n_envs`` MiniWorld envs as an SB3 ``VecEnv``, each wrapped in SB3's ``Monitor``.
+    Make ``n_envs`` envs (MiniWorld or ViZDoom) as an SB3 ``VecEnv``, each wrapped in SB3's ``Monitor``.
 
-    :param env_id: a MiniWorld id (see :func:`list_envs`).
+    :param env_id: a MiniWorld or ViZDoom id (see :func:`list_envs`).
     :param n_envs: number of envs (>= 1).
     :param seed: env ``i`` is seeded ``seed + i``.
     :param vec_env: ``"subproc"`` (one process per env; MiniWorld steps are single-threaded) or
@@ -231,7 +254,7 @@ def make_vec_env(
         or ``"fork"``.
     :param obs_size: ``(height, width)`` of observations.
     :param monitor_dir: folder for the ``Monitor`` CSVs (one per env), or None.
-    :param env_kwargs: passed to the MiniWorld env.
+    :param env_kwargs: passed to the env (see :func:`make_env`).
     :return: a ``SubprocVecEnv`` or ``DummyVecEnv``.
     """
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv

@@ -28,7 +28,7 @@ from typing import Any
 SETTINGS_FILE = "settings.yaml"
 PROVENANCE_FILE = "provenance.yaml"
 CODE_PATHS = ("cpc_rl", "agents", "envs", "experiments", "run_agent.py", "setup.cfg", "pyproject.toml")
-PACKAGES = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "miniworld", "numpy", "pyglet")
+PACKAGES = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "miniworld", "vizdoom", "numpy", "pyglet")
 
 # Arguments of the algorithm's signature that are not settings of the agent: the run gives them
 # (env, seed, device) or they only change what is printed.
@@ -151,13 +151,15 @@ def env_settings(config: dict[str, Any], vec_env: Any) -> dict[str, Any]:
     """The env: its id, the kwargs it was made with (the registration's and the run's), and what it gives."""
     import gymnasium as gym
 
+    from envs.factory import factory_defaults
+
     spec = gym.spec(config["env"])
     space = vec_env.observation_space
     actions = vec_env.action_space
     return reference(
         {
             "id": config["env"],
-            "kwargs": {**(spec.kwargs or {}), **config["env_kwargs"]},
+            "kwargs": {**(spec.kwargs or {}), **factory_defaults(config["env"]), **config["env_kwargs"]},
             "n_envs": vec_env.num_envs,
             "observation_shape": list(space.shape) if space.shape else None,
             "observation_dtype": str(space.dtype) if space.dtype else None,
