@@ -204,11 +204,10 @@ class CPCHead(nn.Module):
         else:
             step_loss, accuracy, mi_bound = self._score_step_by_step(predictions, keys, valid)
         has_pairs = num_pairs > 0
-        if bool(has_pairs.any()):
-            loss = step_loss[has_pairs].mean()
-        else:
-            # Zero, yet connected to the inputs so that backward() works and gives zero gradients.
-            loss = predictions.sum() * 0.0 + keys.sum() * 0.0
+        # The mean over the steps with pairs, by masking rather than indexing: no wait for a GPU to
+        # say how many there are. With no pair at all it is zero and still connected to the inputs
+        # (step losses are finite everywhere), so backward() works and gives zero gradients.
+        loss = torch.where(has_pairs, step_loss, 0.0).sum() / has_pairs.sum().clamp(min=1)
         nan = torch.tensor(math.nan, device=embeddings.device)
         return CPCOutput(
             loss=loss,
@@ -227,12 +226,14 @@ class CPCHead(nn.Module):
         num_steps = embeddings.shape[0]
         # One unbind instead of K slices: each slice's backward would zero a (K, T, B, E) buffer.
         step_predictions = predictions.unbind(0)
-        zero = embeddings.new_zeros(())
+        zero = None
         summaries = []
         for k in range(1, self.horizon + 1):
             anchors = valid[k - 1, : num_steps - k]  # (T-k, B); also the valid targets, shifted by k
             if k >= num_steps or not anchors.any():
-                summaries.append((zero, zero, zero))
+                if zero is None:  # connected to the inputs: a minibatch without pairs still backpropagates
+                    zero = (predictions.sum() + embeddings.sum()) * 0.0
+                summaries.append((zero, zero.detach(), zero.detach()))
                 continue
             queries = step_predictions[k - 1][: num_steps - k]
             targets = embeddings[k:]

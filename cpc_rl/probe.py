@@ -84,8 +84,8 @@ def logistic_accuracy(
     train_x, test_x = _standardise(train_x.astype(np.float32), test_x.astype(np.float32))
     classes = int(max(train_y.max(), test_y.max())) + 1
     inputs, labels = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.int64))
-    weights = torch.zeros(train_x.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
+    weights = torch.zeros(train_x.shape[1], classes, requires_grad=True, device=inputs.device)
+    bias = torch.zeros(classes, requires_grad=True, device=inputs.device)
     optimizer = torch.optim.LBFGS([weights, bias], max_iter=iterations, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,11 +21,27 @@ def _select_state(state: State, columns: torch.Tensor, keep: torch.Tensor) -> St
     return (state[:, columns] * keep).contiguous()
 
 
+def piece_sizes(episode_starts: np.ndarray) -> tuple[int, int]:
+    """
+    How :func:`run_rnn_with_resets` cuts sequences at episode starts, counted on the host.
+
+    :param episode_starts: ``(T, B)``, non-zero where a step begins a new episode.
+    :return: the number of pieces (a sequence's first step always begins one) and the longest.
+    """
+    begins = np.asarray(episode_starts) != 0
+    begins[0] = True
+    flat = begins.T.reshape(-1)
+    index = np.arange(flat.size)
+    first = np.maximum.accumulate(np.where(flat, index, 0))
+    return int(flat.sum()), int((index - first).max()) + 1
+
+
 def run_rnn_with_resets(
     rnn: nn.RNNBase,
     inputs: torch.Tensor,
     episode_starts: torch.Tensor,
     initial_state: State | None = None,
+    piece_sizes: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """
     Outputs of ``rnn`` over ``inputs`` whose state is reset to zero wherever an episode starts.
@@ -38,6 +55,8 @@ def run_rnn_with_resets(
         before that step).
     :param initial_state: state before step 0 (``(layers, B, hidden)``, or a pair for LSTMs);
         zeros if None.
+    :param piece_sizes: :func:`piece_sizes` of ``episode_starts`` if the caller has them on the
+        host; else they are read from the device (one synchronisation with a GPU).
     :return: ``(T, B, hidden)`` outputs.
     """
     num_steps, batch, _ = inputs.shape
@@ -47,7 +66,10 @@ def run_rnn_with_resets(
         shape = (rnn.num_layers, batch, hidden)
         zeros = inputs.new_zeros(shape)
         initial_state = (zeros, zeros.clone()) if isinstance(rnn, nn.LSTM) else zeros
-    if not starts[1:].any():
+    if piece_sizes is None:
+        piece_sizes = _piece_sizes_on_device(starts)
+    num_pieces, max_length = piece_sizes
+    if num_pieces == batch:  # no episode starts after the first step
         keep = (~starts[0]).to(inputs.dtype).view(1, batch, 1)
         return rnn(inputs, _mask_state(initial_state, keep))[0]
 
@@ -59,16 +81,25 @@ def run_rnn_with_resets(
     piece = torch.cumsum(flat_begins.long(), 0) - 1
     piece_first = torch.cummax(torch.where(flat_begins, index, 0), 0).values
     position = index - piece_first
-    num_pieces, max_length = int(piece[-1]) + 1, int(position.max()) + 1
     flat_inputs = inputs.transpose(0, 1).reshape(num_steps * batch, -1)
     padded = inputs.new_zeros(max_length, num_pieces, inputs.shape[-1]).index_put((position, piece), flat_inputs)
 
-    first_index = index[flat_begins]
+    first_index = torch.nonzero_static(flat_begins, size=num_pieces).squeeze(1)  # size known: no sync
     continues_episode = ~starts.T.reshape(-1)[first_index]
     keep = continues_episode.to(inputs.dtype).view(1, num_pieces, 1)
     pieces_state = _select_state(initial_state, first_index // num_steps, keep)
     outputs = rnn(padded, pieces_state)[0]
     return outputs[position, piece].reshape(batch, num_steps, -1).transpose(0, 1)
+
+
+def _piece_sizes_on_device(starts: torch.Tensor) -> tuple[int, int]:
+    begins = starts.clone()
+    begins[0] = True
+    flat = begins.T.reshape(-1)
+    index = torch.arange(flat.numel(), device=starts.device)
+    first = torch.cummax(torch.where(flat, index, 0), 0).values
+    num_pieces, longest = torch.stack([flat.sum(), (index - first).max() + 1]).tolist()  # one transfer
+    return int(num_pieces), int(longest)
 
 
 def lstm_step(

@@ -160,7 +160,9 @@ class _CPCAlgorithmMixin:
             }
         coefs, self.policy.effective_coefs = self.policy.effective_coefs, []
         if coefs and self.cpc_kwargs.get("mode") == "balanced":
-            self.cpc_figures["train/cpc_effective_coef"] = float(np.mean(coefs))
+            device = self.policy.device
+            used = torch.stack([torch.as_tensor(coef, dtype=torch.float32, device=device) for coef in coefs])
+            self.cpc_figures["train/cpc_effective_coef"] = float(used.mean())
         gradients = self.policy.gradient_meter.pop()
         if gradients:
             with warnings.catch_warnings():  # a cosine is NaN where one gradient is zero (coef=0, decoupled)

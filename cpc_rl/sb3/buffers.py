@@ -17,6 +17,7 @@ from sb3_contrib.common.recurrent.type_aliases import (
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 
 from cpc_rl.sb3.policies import SequenceLayout
+from cpc_rl.sequences import piece_sizes
 
 SequenceListener = Callable[[SequenceLayout], None]
 
@@ -92,7 +93,9 @@ class _SequenceSampling:
             starts = starts_by_env.reshape(-1)[indices].reshape(len(chosen), length).T
             if self.sequence_listener is not None:
                 self.sequence_listener(
-                    SequenceLayout(len(chosen), length, torch.as_tensor(starts != 0, device=self.device))
+                    SequenceLayout(
+                        len(chosen), length, torch.as_tensor(starts != 0, device=self.device), piece_sizes(starts)
+                    )
                 )
             yield self._get_samples(indices)
 
@@ -171,7 +174,9 @@ class _RecurrentPieceSampling:
         episode_starts = self.episode_starts[indices]
         if self.sequence_listener is not None:
             starts = episode_starts.reshape(len(firsts), length).T != 0
-            self.sequence_listener(SequenceLayout(len(firsts), length, torch.as_tensor(starts, device=self.device)))
+            on_device = torch.as_tensor(starts, device=self.device)
+            layout = SequenceLayout(len(firsts), length, on_device, piece_sizes(starts))
+            self.sequence_listener(layout)
         fields = dict(
             observations=self._observations(indices),
             actions=self.to_torch(self.actions[indices]),

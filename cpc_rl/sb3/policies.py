@@ -30,15 +30,16 @@ class _AddLossGradient(torch.autograd.Function):
     """Identity on ``values``; its backward also sends gradient ``coef`` into ``loss``."""
 
     @staticmethod
-    def forward(ctx: Any, values: torch.Tensor, loss: torch.Tensor, coef: float) -> torch.Tensor:
+    def forward(ctx: Any, values: torch.Tensor, loss: torch.Tensor, coef: float | torch.Tensor) -> torch.Tensor:
         ctx.coef = coef
         ctx.loss_shape = loss.shape
         return values.clone()
 
     @staticmethod
     def backward(ctx: Any, grad_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        grad_loss = torch.full(ctx.loss_shape, ctx.coef, dtype=grad_values.dtype, device=grad_values.device)
-        return grad_values, grad_loss, None
+        # coef is a float, or balanced mode's 0-dim tensor on the model's device (never read back)
+        coef = torch.as_tensor(ctx.coef, dtype=grad_values.dtype, device=grad_values.device)
+        return grad_values, coef.expand(ctx.loss_shape).clone(), None
 
 
 class _GradientProbe(torch.autograd.Function):
@@ -94,9 +95,12 @@ class GradientMeter:
         )
 
     def pop(self) -> list[dict[str, float]]:
-        """The records since the last call, as numbers."""
+        """The records since the last call, as numbers (read back from the device in one transfer)."""
         records, self.records, self._pending = self.records, [], {}
-        return [{key: float(value) for key, value in record.items()} for record in records]
+        if not records:
+            return []
+        numbers = iter(torch.stack([value.float() for record in records for value in record.values()]).tolist())
+        return [{key: next(numbers) for key in record} for record in records]
 
 
 @dataclass
@@ -109,11 +113,14 @@ class SequenceLayout:
     :param num_sequences: ``B``.
     :param num_steps: ``T``.
     :param episode_starts: ``(T, B)`` bool; padding is marked as episode starts.
+    :param piece_sizes: ``(pieces, longest)`` of the sequences cut at episode starts, counted on
+        the host by the buffer (:func:`cpc_rl.sequences.piece_sizes`) so that the device is not asked.
     """
 
     num_sequences: int
     num_steps: int
     episode_starts: torch.Tensor
+    piece_sizes: tuple[int, int] | None = None
 
     def time_major(self, flat: torch.Tensor) -> torch.Tensor:
         """``(B * T, ...)`` sequence-major samples to ``(T, B, ...)``."""
@@ -132,7 +139,8 @@ class _CPCPolicyMixin:
         self._stashed_features: torch.Tensor | None = None
         self._cpc_outputs: list[CPCOutput] = []
         self.gradient_meter = GradientMeter()
-        self.effective_coefs: list[float] = []  # CPC's weight in each minibatch since the last log
+        # CPC's weight in each minibatch since the last log (0-dim tensors in balanced mode)
+        self.effective_coefs: list[float | torch.Tensor] = []
 
     @property
     def has_cpc(self) -> bool:
@@ -147,22 +155,22 @@ class _CPCPolicyMixin:
     # z_t for feed-forward policies (the context network over z is CPC's own), c_t for the recurrent agent.
     _balance_at = "z"
 
-    def _effective_coef(self) -> float:
+    def _effective_coef(self) -> float | torch.Tensor:
         """
         ``coef``, or in ``balanced`` mode at most what keeps CPC's gradient at the shared
         representation within ``max_grad_ratio`` times RL's, judged on the previous minibatch
         (CPC's gradient grows linearly with the weight, so one measurement sets the next weight).
+        The balanced weight stays a tensor on the model's device: reading it would wait for a GPU.
         """
         coef = self.cpc_kwargs["coef"]
         if self.cpc_kwargs.get("mode") != "balanced" or coef == 0:
             return coef
         if self._balance_at not in self.gradient_meter.latest:
             return coef
-        cpc_norm, rl_norm = (float(norm) for norm in self.gradient_meter.latest[self._balance_at])
-        used = getattr(self, "_last_coef", coef)
-        if cpc_norm == 0 or used == 0:
-            return coef
-        return min(coef, self.cpc_kwargs["max_grad_ratio"] * rl_norm * used / cpc_norm)
+        cpc_norm, rl_norm = self.gradient_meter.latest[self._balance_at]
+        used = torch.as_tensor(getattr(self, "_last_coef", coef), dtype=cpc_norm.dtype, device=cpc_norm.device)
+        capped = torch.clamp(self.cpc_kwargs["max_grad_ratio"] * rl_norm * used / cpc_norm, max=coef)
+        return torch.where((cpc_norm == 0) | (used == 0), coef, capped)
 
     def _make_cpc_head(self, context_dim: int) -> CPCHead:
         settings = self.cpc_kwargs
@@ -261,7 +269,8 @@ class CPCActorCriticPolicy(_CPCPolicyMixin, ActorCriticPolicy):
             self._collecting = False
         features = self.gradient_meter.watch(self._stashed_features, "z")
         embeddings = layout.time_major(features)
-        contexts = run_rnn_with_resets(self.cpc_context, embeddings, layout.episode_starts.to(embeddings.device))
+        starts = layout.episode_starts.to(embeddings.device)
+        contexts = run_rnn_with_resets(self.cpc_context, embeddings, starts, piece_sizes=layout.piece_sizes)
         loss = self._cpc_loss(layout, features, contexts, actions)
         self._stashed_features = None
         return self._join(values, loss), log_prob, entropy
@@ -291,6 +300,7 @@ class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy)
     def __init__(self, *args: Any, cpc_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._init_cpc_state(cpc_kwargs)
         self._whole_sequences = False
+        self._minibatch_pieces: tuple[int, int] | None = None  # the buffer's count for this minibatch
         self._actor_outputs: torch.Tensor | None = None
         super().__init__(*args, **kwargs)
 
@@ -316,7 +326,8 @@ class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy)
         num_sequences = lstm_states[0].shape[1]
         layout = SequenceLayout(num_sequences, features.shape[0] // num_sequences, episode_starts)
         inputs = layout.time_major(features)
-        outputs = run_rnn_with_resets(lstm, inputs, layout.time_major(episode_starts), lstm_states)
+        starts = layout.time_major(episode_starts)
+        outputs = run_rnn_with_resets(lstm, inputs, starts, lstm_states, piece_sizes=self._minibatch_pieces)
         if lstm is self.lstm_actor and self._collecting:
             self._actor_outputs = outputs
         # Training discards the final states: only the outputs are computed.
@@ -325,6 +336,8 @@ class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy)
     def evaluate_actions(
         self, obs: torch.Tensor, actions: torch.Tensor, lstm_states: Any, episode_starts: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
+        pending = self._pending_layout
+        self._minibatch_pieces = None if pending is None else pending.piece_sizes
         layout = self._take_layout()
         self._whole_sequences = True
         self._collecting, self._stashed_features = layout is not None, None
@@ -339,7 +352,9 @@ class CPCRecurrentActorCriticPolicy(_CPCPolicyMixin, RecurrentActorCriticPolicy)
             # The RL losses ran the actor LSTM over the detached features; CPC's contexts come from
             # the same LSTM over the features themselves, so CPC trains the encoder through c_t too.
             starts = layout.time_major(episode_starts)
-            contexts = run_rnn_with_resets(self.lstm_actor, layout.time_major(features), starts, lstm_states.pi)
+            contexts = run_rnn_with_resets(
+                self.lstm_actor, layout.time_major(features), starts, lstm_states.pi, piece_sizes=layout.piece_sizes
+            )
         else:
             contexts = self.gradient_meter.watch(self._actor_outputs, "c")
         loss = self._cpc_loss(layout, features, contexts, actions)
