@@ -56,7 +56,10 @@ def plain_recurrent_ppo(vec_env, device: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--envs", nargs="+", default=["MiniWorld-Hallway-v0"], help="MiniWorld ids, or 'suite' for envs.SUITE + Hallway"
+        "--envs",
+        nargs="+",
+        default=["MiniWorld-Hallway-v0"],
+        help="env ids (MiniWorld or ViZDoom), or 'suite' for envs.SUITE + Hallway",
     )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)

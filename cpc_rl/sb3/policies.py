@@ -216,6 +216,10 @@ class _CPCPolicyMixin:
     def _join(self, values: torch.Tensor, cpc_loss: torch.Tensor) -> torch.Tensor:
         self._last_coef = coef = self._effective_coef()
         self.effective_coefs.append(coef)
+        if isinstance(coef, (int, float)) and coef == 0:
+            # `control`: the head computes and logs, but joins no gradient. Zero gradients would
+            # still enter the clipping norm and shift its rounding, and so every later update.
+            return values
         return _AddLossGradient.apply(values, cpc_loss, coef)
 
     def pop_cpc_outputs(self) -> list[CPCOutput]:
