@@ -115,6 +115,9 @@ def explore(
     rng = np.random.default_rng(seed)
     env = make_env(env_id, seed=seed, **env_kwargs)
     # MiniWorld and ViZDoom number their moves differently; each agent env names its own.
+    if not {"move_forward", "turn_left", "turn_right"} <= set(env.moves):
+        env.close()
+        raise ValueError(f"the exploring policy walks and turns; {env_id} has only {', '.join(sorted(env.moves))}")
     forward, turns = env.moves["move_forward"], [env.moves["turn_left"], env.moves["turn_right"]]
     recorder = TrajectoryRecorder()
     try:
