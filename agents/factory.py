@@ -6,7 +6,7 @@ from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.presets import preset
+from cpc_rl.agents.presets import preset
 from cpc_rl.sb3 import CPCA2C, CPCPPO, CPCRecurrentPPO
 
 #: The CPC algorithm class of each preset name.
@@ -53,7 +53,7 @@ def make_agent(
 def _set_encoder_precision(policy_kwargs: dict[str, Any], precision: str, device: Any) -> None:
     import torch
 
-    from agents.networks import FrameEncoder
+    from cpc_rl.agents.networks import FrameEncoder
 
     if policy_kwargs.get("features_extractor_class") is not FrameEncoder:
         raise ValueError(f"precision={precision!r} needs the preset's FrameEncoder as features extractor")

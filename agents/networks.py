@@ -7,7 +7,7 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from agents.presets import PRECISIONS
+from cpc_rl.agents.presets import PRECISIONS
 
 
 class FrameEncoder(BaseFeaturesExtractor):

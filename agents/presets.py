@@ -88,7 +88,7 @@ def preset(algo: str, aux: str | None) -> dict[str, Any]:
     config = copy.deepcopy(PRESETS[algo])
     policy_kwargs = config["algo_kwargs"]["policy_kwargs"]
     if policy_kwargs.get("features_extractor_class") == "FrameEncoder":
-        from agents.networks import FrameEncoder
+        from cpc_rl.agents.networks import FrameEncoder
 
         policy_kwargs["features_extractor_class"] = FrameEncoder
     if aux == "none":

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from agents.presets import PRESETS
+from cpc_rl.agents.presets import PRESETS
 
 ZOO_FOLDER = Path(__file__).resolve().parent / "zoo"
 ZOO_NAMES = {"a2c": "cpc_a2c", "ppo": "cpc_ppo", "recurrent_ppo": "cpc_ppo_lstm"}
@@ -40,7 +40,7 @@ TASKS = (
     "MiniWorld-PickupObjects-v0",
     "MiniWorld-OneRoomS6Fast-v0",
 )
-_ENCODER = "__import__('agents.networks', fromlist=['FrameEncoder']).FrameEncoder"
+_ENCODER = "__import__('cpc_rl.agents.networks', fromlist=['FrameEncoder']).FrameEncoder"
 
 
 def _policy_kwargs_text(policy_kwargs: dict[str, Any]) -> str:
@@ -63,7 +63,7 @@ def zoo_hyperparams(algo: str) -> dict[str, dict[str, Any]]:
         "policy_kwargs": _policy_kwargs_text(preset["algo_kwargs"]["policy_kwargs"]),
         "cpc_kwargs": dict(preset["cpc_kwargs"]),
         # Own display list per env and a tiny unused window (see envs.MiniWorldAgentEnv).
-        "env_wrapper": ["envs.MiniWorldAgentEnv"],
+        "env_wrapper": ["cpc_rl.envs.MiniWorldAgentEnv"],
         "env_kwargs": {"window_width": 32, "window_height": 24},
     }
     return {task: {"n_timesteps": BUDGETS.get(task, 1_000_000), **copy.deepcopy(entry)} for task in TASKS}
@@ -71,7 +71,7 @@ def zoo_hyperparams(algo: str) -> dict[str, dict[str, Any]]:
 
 def zoo_files() -> dict[str, str]:
     """File name -> YAML text of every algorithm's Zoo file."""
-    header = "# Generated from agents/presets.py by `python -m agents.zoo`; edit the presets, not this file.\n"
+    header = "# Generated from agents/presets.py by `python -m cpc_rl.agents.zoo`; edit the presets, not this file.\n"
     return {
         f"{name}.yml": header + yaml.safe_dump(zoo_hyperparams(algo), sort_keys=False)
         for algo, name in ZOO_NAMES.items()

@@ -24,9 +24,9 @@ import torch
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.logger import configure
 
-import envs
-from agents import make_agent, preset
-from experiments.safety import keep_freed_memory_mapped
+from cpc_rl import envs
+from cpc_rl.agents import make_agent, preset
+from cpc_rl.experiments.safety import keep_freed_memory_mapped
 
 
 def timed_learn(model, steps: int, clock=time.perf_counter) -> tuple[float, float]:

@@ -18,8 +18,8 @@ import time
 
 
 def first_env_seconds(env_id: str, converter: str) -> float:
-    import envs
-    from envs.rendering import import_miniworld
+    from cpc_rl import envs
+    from cpc_rl.envs.rendering import import_miniworld
 
     import_miniworld()
     if converter == "pyglet":

@@ -46,7 +46,7 @@ def measure(case: str, env_id: str, steps: int) -> float:
             import miniworld  # noqa: F401
 
             return random_steps_per_second(gym.make(env_id), steps)
-    import envs
+    from cpc_rl import envs
 
     if case == "make_env":
         return random_steps_per_second(envs.make_env(env_id, seed=0), steps)

@@ -16,8 +16,8 @@ import time
 import torch
 from stable_baselines3.common.logger import configure
 
-import envs
-from agents import make_agent
+from cpc_rl import envs
+from cpc_rl.agents import make_agent
 
 
 def main() -> int:

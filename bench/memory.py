@@ -23,11 +23,11 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
-import envs
-from agents import make_agent
-from experiments.config import RunConfig, learner_threads
-from experiments.runs import run_episodes
-from experiments.safety import ActingThreads, ReleaseFreedMemory, heap_breakdown
+from cpc_rl import envs
+from cpc_rl.agents import make_agent
+from cpc_rl.experiments.config import RunConfig, learner_threads
+from cpc_rl.experiments.runs import run_episodes
+from cpc_rl.experiments.safety import ActingThreads, ReleaseFreedMemory, heap_breakdown
 
 MB = 1024**2
 

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from stable_baselines3.common.logger import configure
 
-import envs
-from agents import make_agent
-from experiments.config import RunConfig, chosen_vec_env, learner_threads
-from experiments.safety import ActingThreads, ReleaseFreedMemory, keep_freed_memory_mapped
+from cpc_rl import envs
+from cpc_rl.agents import make_agent
+from cpc_rl.experiments.config import RunConfig, chosen_vec_env, learner_threads
+from cpc_rl.experiments.safety import ActingThreads, ReleaseFreedMemory, keep_freed_memory_mapped
 
 
 def env_only(vec, steps: int) -> float:

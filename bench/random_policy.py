@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-import envs
-from envs.vizdoom import VIZDOOM_KINDS
-from experiments.stats import mean_ci
+from cpc_rl import envs
+from cpc_rl.envs.vizdoom import VIZDOOM_KINDS
+from cpc_rl.experiments.stats import mean_ci
 
 
 def main() -> None:

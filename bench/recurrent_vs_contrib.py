@@ -28,8 +28,8 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import envs
-from agents import preset
+from cpc_rl import envs
+from cpc_rl.agents import preset
 from cpc_rl.sb3 import CPCRecurrentPPO
 
 

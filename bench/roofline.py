@@ -26,9 +26,9 @@ from stable_baselines3.common.logger import configure
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import envs
-from agents import make_agent
-from experiments.config import RunConfig
+from cpc_rl import envs
+from cpc_rl.agents import make_agent
+from cpc_rl.experiments.config import RunConfig
 
 
 def matmul_peak(size: int = 2048, repeats: int = 5) -> float:

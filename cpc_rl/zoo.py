@@ -1,10 +1,10 @@
 """The RL Baselines3 Zoo with the CPC algorithms registered (``pip install -e ".[zoo]"``).
 
-    python -m cpc_rl.zoo train --algo cpc_ppo_lstm --env MiniWorld-SignMemory-v0 --gym-packages envs \\
+    python -m cpc_rl.zoo train --algo cpc_ppo_lstm --env MiniWorld-SignMemory-v0 --gym-packages cpc_rl.envs \\
         --conf-file agents/zoo/cpc_ppo_lstm.yml
     python -m cpc_rl.zoo train --algo cpc_ppo_lstm ... -optimize --n-trials 20 --sampler tpe --pruner median
-    python -m cpc_rl.zoo enjoy --algo cpc_ppo_lstm --env MiniWorld-SignMemory-v0 --gym-packages envs -f logs
-    python -m cpc_rl.zoo record --algo cpc_ppo_lstm --env MiniWorld-SignMemory-v0 --gym-packages envs -f logs
+    python -m cpc_rl.zoo enjoy --algo cpc_ppo_lstm --env MiniWorld-SignMemory-v0 --gym-packages cpc_rl.envs -f logs
+    python -m cpc_rl.zoo record --algo cpc_ppo_lstm --env MiniWorld-SignMemory-v0 --gym-packages cpc_rl.envs -f logs
 
 ``cpc_a2c``, ``cpc_ppo`` and ``cpc_ppo_lstm`` are :class:`~cpc_rl.sb3.CPCA2C`, :class:`~cpc_rl.sb3.CPCPPO`
 and :class:`~cpc_rl.sb3.CPCRecurrentPPO` with CPC on (``cpc_kwargs`` from the hyper-parameter

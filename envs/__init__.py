@@ -4,7 +4,11 @@ Importing this package sets ``PYGLET_HEADLESS=true`` and ``LP_NUM_THREADS=0`` (u
 before miniworld is imported, so that envs render off-screen here and in worker processes.
 """
 
-from envs.factory import (
+if __name__ != "cpc_rl.envs":  # this folder imported by its own name, from a checkout's root
+    raise ImportError("cpc-rl's envs/ folder installs as cpc_rl.envs: import it as `from cpc_rl import envs`")
+
+
+from cpc_rl.envs.factory import (
     GOAL_TASKS,
     SUITE,
     MiniWorldAgentEnv,
@@ -13,8 +17,8 @@ from envs.factory import (
     make_env,
     make_vec_env,
 )
-from envs.rendering import RendererUnavailableError
-from envs.tasks import CUE_TASKS, SIGN_COLORS, TASK_KINDS, register_tasks
+from cpc_rl.envs.rendering import RendererUnavailableError
+from cpc_rl.envs.tasks import CUE_TASKS, SIGN_COLORS, TASK_KINDS, register_tasks
 
 register_tasks()
 

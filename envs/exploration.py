@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.factory import make_env
+from cpc_rl.envs.factory import make_env
 
 HEADING_SECTORS = 8
 

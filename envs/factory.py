@@ -15,8 +15,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.rendering import configure_headless, free_frame_buffers, give_own_display_list, import_miniworld
-from envs.vizdoom import VIZDOOM_KINDS, VIZDOOM_PREFIX, make_vizdoom_env, vizdoom_available
+from cpc_rl.envs.rendering import configure_headless, free_frame_buffers, give_own_display_list, import_miniworld
+from cpc_rl.envs.vizdoom import VIZDOOM_KINDS, VIZDOOM_PREFIX, make_vizdoom_env, vizdoom_available
 
 configure_headless()
 
@@ -81,7 +81,7 @@ def list_envs(with_kinds: bool = False) -> list[str] | dict[str, str]:
     if vizdoom_available():
         ids += list(VIZDOOM_KINDS)
     if with_kinds:
-        from envs.tasks import TASK_KINDS
+        from cpc_rl.envs.tasks import TASK_KINDS
 
         kinds = {**TASK_KINDS, **VIZDOOM_KINDS}
         return {env_id: kinds.get(env_id, "") for env_id in ids}
@@ -93,7 +93,7 @@ def check_env_id(env_id: str) -> None:
     if env_id in UNSUPPORTED:
         raise ValueError(f"{env_id} is not supported: it {UNSUPPORTED[env_id]}")
     if env_id.startswith(VIZDOOM_PREFIX) and not vizdoom_available():
-        from envs.vizdoom import INSTALL_HINT
+        from cpc_rl.envs.vizdoom import INSTALL_HINT
 
         raise ValueError(f"{env_id}: {INSTALL_HINT}")
     known = list_envs()
@@ -107,7 +107,7 @@ def check_env_id(env_id: str) -> None:
 def factory_defaults(env_id: str) -> dict[str, Any]:
     """The env settings :func:`make_env` adds to the registration's for ``env_id`` unless given."""
     if env_id.startswith(VIZDOOM_PREFIX):
-        from envs.vizdoom import vizdoom_defaults
+        from cpc_rl.envs.vizdoom import vizdoom_defaults
 
         return vizdoom_defaults()
     return {}

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import utils
 
-from envs.rendering import RendererUnavailableError, import_miniworld
+from cpc_rl.envs.rendering import RendererUnavailableError, import_miniworld
 
 #: The colours of MiniWorld-SignMemory-v0's sign; ``info["sign_color"]`` indexes it.
 SIGN_COLORS = ("blue", "red", "green")
@@ -285,7 +285,7 @@ def register_tasks() -> None:
     """
     Register cpc-rl's tasks with gymnasium (idempotent), and MiniWorld's by importing it headless:
     after ``import envs`` every id is known to ``gym.make`` and to tools such as the Zoo
-    (``--gym-packages envs``).
+    (``--gym-packages cpc_rl.envs``).
     """
     try:
         import_miniworld()
@@ -298,4 +298,4 @@ def register_tasks() -> None:
         ("MiniWorld-CueMatch-v0", "make_cue_match"),
     ):
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=f"envs.tasks:{entry_point}")
+            gym.register(env_id, entry_point=f"cpc_rl.envs.tasks:{entry_point}")

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from experiments.files import write_yaml
-from experiments.record import PROVENANCE_FILE, SETTINGS_FILE
+from cpc_rl.experiments.files import write_yaml
+from cpc_rl.experiments.record import PROVENANCE_FILE, SETTINGS_FILE
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -51,15 +51,15 @@ import yaml
 spec = importlib.util.spec_from_file_location("cpc_rl_record_today", sys.argv[1])
 record = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(record)
-import envs
-from agents.factory import make_agent
+from cpc_rl import envs
+from cpc_rl.agents.factory import make_agent
 out, cache = {}, {}
 def describe(run_dir):
     config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
     config.setdefault("precision", "float32")
     status_path = Path(run_dir) / "status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
-    from agents.presets import preset
+    from cpc_rl.agents.presets import preset
     n_envs = config.get("n_envs") or preset(config["algo"], config["aux"])["n_envs"]
     key = (config["env"], n_envs, json.dumps(config.get("env_kwargs") or {}, sort_keys=True))
     if key not in cache:

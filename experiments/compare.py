@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envs.tasks import CUE_TASKS
-from experiments.config import PROBE_POLICIES, RunConfig, RunError, RunInterrupted, check_hyperparams
-from experiments.runs import format_duration, read_config, read_status
-from experiments.safety import FolderLock, sigterm_as_interrupt
+from cpc_rl.envs.tasks import CUE_TASKS
+from cpc_rl.experiments.config import PROBE_POLICIES, RunConfig, RunError, RunInterrupted, check_hyperparams
+from cpc_rl.experiments.runs import format_duration, read_config, read_status
+from cpc_rl.experiments.safety import FolderLock, sigterm_as_interrupt
 
 # Arm kind -> the run's aux.
 ARM_KINDS = {"none": "none", "control": "cpc", "cpc": "cpc", "cpca": "cpca"}

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.presets import ALGORITHMS, AUX_CHOICES, PRECISIONS, preset
+from cpc_rl.agents.presets import ALGORITHMS, AUX_CHOICES, PRECISIONS, preset
 
 DEFAULT_ENV = "MiniWorld-Hallway-v0"
 VEC_ENV_CHOICES = ("auto", "subproc", "dummy")
@@ -80,7 +80,7 @@ class RunConfig:
 
     def check(self) -> None:
         """Raise :class:`RunError` for settings that cannot work (without importing torch)."""
-        import envs
+        from cpc_rl import envs
 
         try:
             envs.check_env_id(self.env)
@@ -210,7 +210,7 @@ def check_hyperparams(config: RunConfig) -> None:
 
     :raises RunError: naming the bad key (with close matches) or value.
     """
-    from agents.factory import ALGORITHM_CLASSES
+    from cpc_rl.agents.factory import ALGORITHM_CLASSES
     from cpc_rl.sb3.config import resolve_cpc_kwargs
 
     algorithm = ALGORITHM_CLASSES[config.algo]

@@ -7,8 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from experiments.files import write_bytes_atomically
-from experiments.runs import RunError, latest_model_path, load_model, read_config, run_episodes, summarise_episodes
+from cpc_rl.experiments.files import write_bytes_atomically
+from cpc_rl.experiments.runs import (
+    RunError,
+    latest_model_path,
+    load_model,
+    read_config,
+    run_episodes,
+    summarise_episodes,
+)
 
 VIDEO_SCALE = 4
 

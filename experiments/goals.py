@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from experiments.config import RunError
-from experiments.stats import probability_of_improvement
+from cpc_rl.experiments.config import RunError
+from cpc_rl.experiments.stats import probability_of_improvement
 
 GOALS_FILE = "goals.yaml"
 BOUNDS = ("upper_at_least", "lower_above", "contains")

@@ -38,8 +38,20 @@ _ALGORITHM_GIVEN = {"observation_space", "action_space", "lr_schedule", "use_sde
 # Run settings that do not change what the agent computes: never a reason to call two runs different.
 RUN_ONLY = ("seed", "threads", "vec_env", "device", "eval_freq", "save_freq", "keep_checkpoints")
 # Modules whose classes and functions a settings file may name (importing another could run any code).
-_TRUSTED_MODULES = ("torch", "stable_baselines3", "sb3_contrib", "cpc_rl", "agents", "envs", "gymnasium", "numpy")
+_TRUSTED_MODULES = ("torch", "stable_baselines3", "sb3_contrib", "cpc_rl", "gymnasium", "numpy")
 _REFERENCE = re.compile(r"^<(class|function) ([A-Za-z_][\w.]*)>$")
+# Packages that were top-level before 0.2 (settings files recorded then name them so).
+_MOVED_INTO_CPC_RL = ("agents", "envs", "experiments")
+_OLD_NAME = re.compile(rf"^<(class|function) ({'|'.join(_MOVED_INTO_CPC_RL)})\.")
+
+
+def current_name(value: Any) -> Any:
+    """A recorded reference as today's code names it: ``<class agents.X>`` is ``<class cpc_rl.agents.X>``."""
+    if isinstance(value, dict):
+        return {key: current_name(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [current_name(item) for item in value]
+    return _OLD_NAME.sub(r"<\1 cpc_rl.\2.", value) if isinstance(value, str) else value
 
 
 class SettingsError(ValueError):
@@ -79,7 +91,7 @@ def resolve_references(value: Any) -> Any:
         return value
     if value.startswith("<unreplayable "):
         raise SettingsError(f"the recorded setting {value} cannot be rebuilt (it was not an importable object)")
-    match = _REFERENCE.match(value)
+    match = _REFERENCE.match(current_name(value))
     if match is None:
         return value
     name = match.group(2)
@@ -117,7 +129,7 @@ def algorithm_arguments(config: dict[str, Any], model: Any) -> dict[str, Any]:
 
     :param config: the run's config (``RunConfig.to_dict()``).
     """
-    from agents.presets import preset
+    from cpc_rl.agents.presets import preset
 
     chosen = preset(config["algo"], config["aux"])
     given = {**chosen["algo_kwargs"], **{k: v for k, v in config["hyperparams"].items() if k != "policy_kwargs"}}
@@ -151,7 +163,7 @@ def env_settings(config: dict[str, Any], vec_env: Any) -> dict[str, Any]:
     """The env: its id, the kwargs it was made with (the registration's and the run's), and what it gives."""
     import gymnasium as gym
 
-    from envs.factory import factory_defaults
+    from cpc_rl.envs.factory import factory_defaults
 
     spec = gym.spec(config["env"])
     space = vec_env.observation_space
@@ -295,9 +307,9 @@ def agent_defining(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def differences(recorded: dict[str, Any], today: dict[str, Any]) -> list[str]:
-    """``key: recorded -> today`` for each key of both whose value differs."""
+    """``key: recorded -> today`` for each key of both whose value differs (old module names read as today's)."""
     return [
         f"{key}: {recorded[key]!r} -> {today[key]!r}"
         for key in sorted(recorded.keys() & today.keys())
-        if recorded[key] != today[key]
+        if current_name(recorded[key]) != current_name(today[key])
     ]

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from experiments.compare import Job, probe_table
-from experiments.config import RunError
-from experiments.files import save_figure_atomically, write_text_atomically
-from experiments.goals import goals_section, read_goals
-from experiments.record import PROVENANCE_FILE, agent_defining
-from experiments.runs import cpu_hours, episode_curve, read_settings, read_status, training_log
-from experiments.stats import bootstrap_ci, difference_ci, iqm, probability_of_improvement
+from cpc_rl.experiments.compare import Job, probe_table
+from cpc_rl.experiments.config import RunError
+from cpc_rl.experiments.files import save_figure_atomically, write_text_atomically
+from cpc_rl.experiments.goals import goals_section, read_goals
+from cpc_rl.experiments.record import PROVENANCE_FILE, agent_defining
+from cpc_rl.experiments.runs import cpu_hours, episode_curve, read_settings, read_status, training_log
+from cpc_rl.experiments.stats import bootstrap_ci, difference_ci, iqm, probability_of_improvement
 
 CURVE_BINS = 20
 ARM_COLOURS = ("tab:gray", "tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")

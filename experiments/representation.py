@@ -19,12 +19,12 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from agents.networks import FrameEncoder
 from cpc_rl import CPCHead
+from cpc_rl.agents.networks import FrameEncoder
+from cpc_rl.envs.exploration import Trajectories, TrajectoryRecorder, explore, probe_targets
+from cpc_rl.experiments.files import save_figure_atomically, write_text_atomically
 from cpc_rl.probe import linear_probe
 from cpc_rl.sequences import run_rnn_with_resets
-from envs.exploration import Trajectories, TrajectoryRecorder, explore, probe_targets
-from experiments.files import save_figure_atomically, write_text_atomically
 
 METHODS = ("random", "cpc", "cpca", "supervised")
 REGRESSION_TARGETS = ("position", "heading", "goal_relative")
@@ -372,9 +372,9 @@ def probe_run(
         memory task ``z_t`` only knows the cue while it is in view: ``probe/explore.*``).
     :return: the table of scores written (``probe.csv`` or ``explore.csv``, beside its ``.md`` and ``.png``).
     """
-    from experiments.compare import probe_table
-    from experiments.config import PROBE_POLICIES
-    from experiments.runs import RunError, latest_model_path, load_model, read_config
+    from cpc_rl.experiments.compare import probe_table
+    from cpc_rl.experiments.config import PROBE_POLICIES
+    from cpc_rl.experiments.runs import RunError, latest_model_path, load_model, read_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -427,7 +427,7 @@ def probe_comparison(
     """
     from tqdm import tqdm
 
-    from experiments.compare import find_jobs, probe_table
+    from cpc_rl.experiments.compare import find_jobs, probe_table
 
     finished = [job.run_dir for job in find_jobs(out_dir) if job.finished]
     todo = [run_dir for run_dir in finished if again or not probe_table(run_dir, policy).is_file()]
@@ -460,7 +460,7 @@ def rollout_agent(
     model: Any, env_id: str, episodes: int, seed: int, env_kwargs: dict, min_steps: int = 0
 ) -> Trajectories:
     """Whole episodes (``episodes`` and ``min_steps`` at least) of an agent's stochastic policy, with ground truth."""
-    import envs
+    from cpc_rl import envs
 
     env = envs.make_env(env_id, seed=seed, **env_kwargs)
     recorder = TrajectoryRecorder()

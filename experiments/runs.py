@@ -31,10 +31,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
-import envs
-from agents.factory import ALGORITHM_CLASSES, make_agent
-from cpc_rl.sb3.config import SETTINGS_BEFORE_THE_KEY
-from experiments.config import (
+from cpc_rl import envs
+from cpc_rl.agents.factory import ALGORITHM_CLASSES, make_agent
+from cpc_rl.experiments.config import (
     RunConfig,
     RunError,
     RunFailed,
@@ -43,14 +42,14 @@ from experiments.config import (
     chosen_vec_env,
     learner_threads,
 )
-from experiments.files import (
+from cpc_rl.experiments.files import (
     save_figure_atomically,
     save_model_atomically,
     write_json,
     write_text_atomically,
     write_yaml,
 )
-from experiments.record import (
+from cpc_rl.experiments.record import (
     PROVENANCE_FILE,
     SETTINGS_FILE,
     SettingsError,
@@ -60,7 +59,7 @@ from experiments.record import (
     provenance,
     resolve_references,
 )
-from experiments.safety import (
+from cpc_rl.experiments.safety import (
     ActingThreads,
     FiniteGuard,
     FolderLock,
@@ -74,7 +73,8 @@ from experiments.safety import (
     non_finite_parameter,
     sigterm_as_interrupt,
 )
-from experiments.stats import mean_ci, wilson_interval
+from cpc_rl.experiments.stats import mean_ci, wilson_interval
+from cpc_rl.sb3.config import SETTINGS_BEFORE_THE_KEY
 
 
 def build_model(config: RunConfig, vec_env: Any) -> BaseAlgorithm:

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.compare import find_jobs
-from experiments.config import RunError
-from experiments.files import save_figure_atomically, write_text_atomically
-from experiments.report import write_report
-from experiments.runs import cpu_hours, episode_curve, read_status
+from cpc_rl.experiments.compare import find_jobs
+from cpc_rl.experiments.config import RunError
+from cpc_rl.experiments.files import save_figure_atomically, write_text_atomically
+from cpc_rl.experiments.report import write_report
+from cpc_rl.experiments.runs import cpu_hours, episode_curve, read_status
 
 PARTS = ("calibration", "pilot", "study")
 CALIBRATION_BIN = 25_000

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import envs
-from agents.presets import preset
+from cpc_rl import envs
+from cpc_rl.agents.presets import preset
 from cpc_rl.head import CPCHead
 from cpc_rl.sb3 import CPCPPO, CPCRecurrentPPO
 from cpc_rl.sequences import piece_sizes, run_rnn_with_resets

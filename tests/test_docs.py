@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("cpc_rl", "cpc_rl.sb3", "envs", "agents")
+PACKAGES = ("cpc_rl", "cpc_rl.sb3", "cpc_rl.envs", "cpc_rl.agents")
 
 
 @pytest.fixture(scope="module")

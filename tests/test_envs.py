@@ -13,7 +13,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import envs
+from cpc_rl import envs
 
 FORWARD, TURN_LEFT, TURN_RIGHT = 2, 0, 1
 
@@ -338,7 +338,7 @@ def test_textures_convert_with_numpy_to_pyglets_exact_bytes(texture):
     import pyglet
     from pyglet.image import ImageData
 
-    from envs.rendering import _convert_with_numpy
+    from cpc_rl.envs.rendering import _convert_with_numpy
 
     assert ImageData._convert is not ImageData._pyglet_convert
     image = pyglet.image.load(os.path.join(os.path.dirname(miniworld.__file__), "textures", f"{texture}.png"))

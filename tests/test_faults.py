@@ -19,12 +19,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 from test_cli import REPO, TINY, assert_clean_error, run_agent
 
-import envs
-from agents import make_agent
-from experiments.config import RunConfig, RunError, chosen_vec_env
-from experiments.report import cpc_figures, gradient_figures
-from experiments.runs import Run, training_log
-from experiments.safety import (
+from cpc_rl import envs
+from cpc_rl.agents import make_agent
+from cpc_rl.experiments.cli import _last_cpc_figures
+from cpc_rl.experiments.config import RunConfig, RunError, chosen_vec_env
+from cpc_rl.experiments.report import cpc_figures, gradient_figures
+from cpc_rl.experiments.runs import Run, training_log
+from cpc_rl.experiments.safety import (
     ActingThreads,
     FiniteGuard,
     FolderLock,
@@ -34,7 +35,6 @@ from experiments.safety import (
     heap_breakdown,
     resident_bytes,
 )
-from run_agent import _last_cpc_figures
 
 TINY_PPO = dict(n_steps=40, batch_size=40, cpc_kwargs={"horizon": 8, "sequence_length": 40})
 SMALL_POLICY = {"features_extractor_kwargs": {"features_dim": 32}}
@@ -390,7 +390,7 @@ def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path):
 
 
 def test_vec_env_auto_gives_each_env_worker_a_core_or_keeps_envs_in_process(monkeypatch):
-    from experiments import config as config_module
+    from cpc_rl.experiments import config as config_module
 
     config = RunConfig(algo="recurrent_ppo")  # 4 envs
     assert config.vec_env == "auto"

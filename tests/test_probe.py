@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from cpc_rl import CPCHead
-from cpc_rl.probe import linear_probe, ridge_r2, split_by_episode
-from envs.exploration import HEADING_SECTORS, explore, probe_targets
-from experiments.representation import (
+from cpc_rl.envs.exploration import HEADING_SECTORS, explore, probe_targets
+from cpc_rl.experiments.representation import (
     ProtocolConfig,
     run_protocol,
     sample_windows,
     train_representation,
     write_document,
 )
+from cpc_rl.probe import linear_probe, ridge_r2, split_by_episode
 
 
 def synthetic(steps_per_episode=40, episodes=20, dim=16, seed=0):

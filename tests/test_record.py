@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import yaml
 
-import agents.presets
-from experiments.compare import find_jobs
-from experiments.config import RunConfig, RunError, apply_overrides
-from experiments.record import SettingsError, agent_defining, flatten, resolve_references
-from experiments.report import split_mixed_arms, write_report
-from experiments.runs import like_config, resume_config, train
+from cpc_rl.agents.presets import PRESETS
+from cpc_rl.experiments.compare import find_jobs
+from cpc_rl.experiments.config import RunConfig, RunError, apply_overrides
+from cpc_rl.experiments.record import SettingsError, agent_defining, flatten, resolve_references
+from cpc_rl.experiments.report import split_mixed_arms, write_report
+from cpc_rl.experiments.runs import like_config, resume_config, train
 from tests.test_report import write_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def original(tmp_path_factory):
 def test_a_run_records_its_effective_settings_and_provenance(original):
     settings = yaml.safe_load((original / "settings.yaml").read_text())
     arguments = settings["algorithm"]["arguments"]
-    preset = agents.presets.PRESETS["ppo"]
+    preset = PRESETS["ppo"]
     # The preset's values and the algorithm's defaults, not only what was asked for.
     assert arguments["learning_rate"] == preset["algo_kwargs"]["learning_rate"]
     assert arguments["n_steps"] == 40 and arguments["clip_range"] == preset["algo_kwargs"]["clip_range"]
@@ -58,7 +58,7 @@ def test_a_run_records_its_effective_settings_and_provenance(original):
     assert arguments["cpc_kwargs"]["coef"] == preset["cpc_kwargs"]["coef"]
     assert arguments["cpc_kwargs"]["negatives"] == "all"  # from CPC_DEFAULTS
     policy = arguments["policy_kwargs"]
-    assert policy["features_extractor_class"] == "<class agents.networks.FrameEncoder>"
+    assert policy["features_extractor_class"] == "<class cpc_rl.agents.networks.FrameEncoder>"
     assert policy["features_extractor_kwargs"] == {"features_dim": 32, "precision": "float32"}
     assert policy["optimizer_class"] == "<class torch.optim.adam.Adam>" and policy["ortho_init"] is True
     assert settings["env"]["observation_shape"] == [60, 80, 3] and settings["env"]["max_episode_steps"] == 40
@@ -80,8 +80,8 @@ def test_a_run_records_its_effective_settings_and_provenance(original):
 
 
 def test_like_replays_the_recorded_settings_whatever_the_presets_say(original, tmp_path, monkeypatch):
-    monkeypatch.setitem(agents.presets.PRESETS["ppo"]["algo_kwargs"], "learning_rate", 0.123)
-    monkeypatch.setitem(agents.presets.PRESETS["ppo"], "cpc_kwargs", {"coef": 0.5, "score_dim": 8})
+    monkeypatch.setitem(PRESETS["ppo"]["algo_kwargs"], "learning_rate", 0.123)
+    monkeypatch.setitem(PRESETS["ppo"], "cpc_kwargs", {"coef": 0.5, "score_dim": 8})
     changed = tmp_path / "changed"
     tiny_run(changed)  # the same request under today's presets builds another agent
     changed_settings = yaml.safe_load((changed / "settings.yaml").read_text())["algorithm"]["arguments"]
@@ -123,7 +123,7 @@ def test_a_resume_that_today_would_build_differently_is_refused(original, tmp_pa
     config["steps"] = 480
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     before = (run_dir / "provenance.yaml").read_text()
-    monkeypatch.setitem(agents.presets.PRESETS["ppo"]["algo_kwargs"], "learning_rate", 0.123)
+    monkeypatch.setitem(PRESETS["ppo"]["algo_kwargs"], "learning_rate", 0.123)
     with pytest.raises(RunError, match="learning_rate: 0.0003 -> 0.123.*--like"):
         train(RunConfig.from_dict(config), run_dir, progress=False, resume=True)
     assert (run_dir / "provenance.yaml").read_text() == before  # nothing written
@@ -133,8 +133,8 @@ def test_train_resume_continues_the_recorded_agent_after_the_defaults_change(ori
     # What `train --resume` does: a run interrupted under one default (CPC's mode, say) resumes
     # under code with another as the agent it is, not as today's defaults would build it.
     run_dir = interrupted_copy(original, tmp_path / "resumable")
-    monkeypatch.setitem(agents.presets.PRESETS["ppo"]["algo_kwargs"], "learning_rate", 0.123)
-    monkeypatch.setitem(agents.presets.PRESETS["ppo"], "cpc_kwargs", {"coef": 0.1, "horizon": 4, "mode": "decoupled"})
+    monkeypatch.setitem(PRESETS["ppo"]["algo_kwargs"], "learning_rate", 0.123)
+    monkeypatch.setitem(PRESETS["ppo"], "cpc_kwargs", {"coef": 0.1, "horizon": 4, "mode": "decoupled"})
     with pytest.raises(RunError, match="would build a different agent"):  # what today's presets would build
         train(RunConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())), run_dir, resume=True)
     resumed = resume_config(run_dir)
@@ -147,9 +147,9 @@ def test_train_resume_continues_the_recorded_agent_after_the_defaults_change(ori
 
 
 def test_a2c_records_the_optimizer_it_gives_its_policy():
-    import envs
-    from agents import make_agent
-    from experiments.record import algorithm_arguments
+    from cpc_rl import envs
+    from cpc_rl.agents import make_agent
+    from cpc_rl.experiments.record import algorithm_arguments
 
     vec_env = envs.make_vec_env("MiniWorld-Hallway-v0", 1, vec_env="dummy")
     try:

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from experiments.compare import Arm, find_jobs, parse_arm, plan_jobs
-from experiments.config import RunConfig, RunError
-from experiments.goals import Goal
-from experiments.report import aggregate_table, run_scores, training_curve, write_report
-from experiments.stats import difference_ci, iqm, probability_of_improvement
+from cpc_rl.experiments.compare import Arm, find_jobs, parse_arm, plan_jobs
+from cpc_rl.experiments.config import RunConfig, RunError
+from cpc_rl.experiments.goals import Goal
+from cpc_rl.experiments.report import aggregate_table, run_scores, training_curve, write_report
+from cpc_rl.experiments.stats import difference_ci, iqm, probability_of_improvement
 
 STEPS = 1000
 # Final evaluation returns per (env, arm): 4 seeds each.

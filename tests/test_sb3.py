@@ -12,9 +12,9 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import envs
-from agents import FrameEncoder, make_agent
-from agents.presets import PRESETS
+from cpc_rl import envs
+from cpc_rl.agents import FrameEncoder, make_agent
+from cpc_rl.agents.presets import PRESETS
 from cpc_rl.sb3 import CPC_DEFAULTS, CPCA2C, CPCPPO, CPCRecurrentPPO
 from cpc_rl.sb3.buffers import piece_length
 from cpc_rl.sequences import lstm_step
@@ -88,7 +88,7 @@ def test_control_at_the_presets_trains_the_recurrent_agent_bit_for_bit_as_none()
     once changed the rounding of the clipping norm, and so every update after the first: study 2's
     `control` leaned below `none` with nothing but that chaos between them.
     """
-    from agents import make_agent
+    from cpc_rl.agents import make_agent
 
     def trained(aux, cpc_kwargs):
         env = envs.make_vec_env("MiniWorld-Hallway-v0", 4, seed=3, vec_env="dummy")

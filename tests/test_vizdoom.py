@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-import envs
+from cpc_rl import envs
 
 pytest.importorskip("vizdoom")
 

@@ -23,12 +23,12 @@ def zoo(*args, timeout=600):
 
 def zoo_train(algo, logs, *extra):
     conf = REPO / "agents" / "zoo" / f"{algo}.yml"
-    common = ["--algo", algo, "--env", "MiniWorld-Hallway-v0", "--gym-packages", "envs", "--conf-file", conf]
+    common = ["--algo", algo, "--env", "MiniWorld-Hallway-v0", "--gym-packages", "cpc_rl.envs", "--conf-file", conf]
     return zoo("train", *common, "-f", logs, *extra)
 
 
 def test_zoo_files_are_the_presets():
-    from agents.zoo import ZOO_FOLDER, zoo_files
+    from cpc_rl.agents.zoo import ZOO_FOLDER, zoo_files
 
     for name, text in zoo_files().items():
         assert (ZOO_FOLDER / name).read_text() == text, f"{name} is stale: run python -m agents.zoo"
@@ -47,7 +47,7 @@ def test_train_resume_enjoy_and_record_through_the_zoo(tmp_path):
     resumed = zoo_train("cpc_ppo_lstm", logs, "-n", 80, "-i", model, *TINY)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Loading pretrained agent" in resumed.stdout and (logs / "cpc_ppo_lstm" / "MiniWorld-Hallway-v0_2").is_dir()
-    common = ["--algo", "cpc_ppo_lstm", "--env", "MiniWorld-Hallway-v0", "--gym-packages", "envs", "-f", logs]
+    common = ["--algo", "cpc_ppo_lstm", "--env", "MiniWorld-Hallway-v0", "--gym-packages", "cpc_rl.envs", "-f", logs]
     enjoyed = zoo("enjoy", *common, "--exp-id", 1, "-n", 40, "--no-render")
     assert enjoyed.returncode == 0, enjoyed.stderr[-2000:]
     recorded = zoo("record", *common, "--exp-id", 1, "-n", 20, "-o", tmp_path / "videos")
@@ -103,6 +103,18 @@ def test_bad_input_gives_one_line_and_leaves_no_run_folder(tmp_path):
 
 
 def test_cpc_rl_without_the_zoo_does_not_import_it():
-    code = "import sys, cpc_rl, cpc_rl.sb3, agents.factory, envs; print('rl_zoo3' in sys.modules)"
+    code = "import sys, cpc_rl, cpc_rl.sb3, cpc_rl.agents.factory, cpc_rl.envs; print('rl_zoo3' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False"
+
+
+def test_the_library_imports_none_of_agents_envs_or_experiments():
+    """cpc_rl's core (head, loss, SB3 plug-in, Zoo registration) stands alone: the layout's first rule."""
+    code = (
+        "import sys, cpc_rl, cpc_rl.sb3, cpc_rl.zoo, cpc_rl.probe\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+        "(['cpc_rl', 'agents'], ['cpc_rl', 'envs'], ['cpc_rl', 'experiments'])))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
