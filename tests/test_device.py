@@ -25,6 +25,7 @@ from cpc_rl.sequences import piece_sizes, run_rnn_with_resets
 CPC_RL = Path(__file__).resolve().parent.parent / "cpc_rl"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("negatives", ["all", "same_sequence", "other_sequences"])
 def test_the_cpc_head_and_context_network_run_on_a_device_that_is_not_the_cpu(negatives):
     with torch.device("meta"):
@@ -44,6 +45,7 @@ def test_the_cpc_head_and_context_network_run_on_a_device_that_is_not_the_cpu(ne
 FACTORIES = {"zeros", "ones", "empty", "full", "arange", "tensor", "eye", "rand", "randn", "randint", "linspace"}
 
 
+@pytest.mark.fast
 def test_every_tensor_made_in_cpc_rl_names_its_device():
     undeviced = []
     for path in sorted(CPC_RL.rglob("*.py")):

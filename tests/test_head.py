@@ -8,6 +8,8 @@ from torch import nn
 
 from cpc_rl import CPCHead, valid_pairs
 
+pytestmark = pytest.mark.fast  # the fast tier: python -m pytest -m fast
+
 
 @pytest.fixture(params=["steps_at_once", "step_by_step"])
 def scoring(request, monkeypatch):

@@ -7,6 +7,8 @@ import torch
 
 from cpc_rl import info_nce
 
+pytestmark = pytest.mark.fast  # the fast tier: python -m pytest -m fast
+
 
 def test_matches_written_out_cross_entropy():
     torch.manual_seed(0)

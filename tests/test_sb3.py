@@ -57,6 +57,7 @@ def learn_updates(model, updates=2):
     return {name: tensor.detach().clone() for name, tensor in model.policy.state_dict().items()}
 
 
+@pytest.mark.fast
 def test_the_presets_train_cpc_as_the_library_defaults():
     training = ("coef", "horizon", "mode", "max_grad_ratio")
     for algo, preset in PRESETS.items():
@@ -65,6 +66,7 @@ def test_the_presets_train_cpc_as_the_library_defaults():
         assert preset["cpc_kwargs"]["score_dim"] == 64  # cheaper scores than z's 256 dimensions
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("algo", ["a2c", "ppo"])
 def test_without_cpc_equals_the_parent_bit_for_bit(algo):
     ours = learn_updates(build(algo, None))
@@ -410,11 +412,13 @@ def test_bfloat16_encoder_trains_and_stays_close_to_float32():
     assert np.isfinite(fast.cpc_figures["train/cpc_loss"])
 
 
+@pytest.mark.fast
 def test_bad_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         make_agent("recurrent_ppo", vec_env(n_envs=1), aux="none", device="cpu", precision="float16")
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("cpc_kwargs", "match"),
     [

@@ -14,6 +14,8 @@ from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamp
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+pytestmark = pytest.mark.fast  # the fast tier: python -m pytest -m fast
+
 EXPECTED_PARAMETERS = [
     (RecurrentActorCriticPolicy._process_sequence, ["features", "lstm_states", "episode_starts", "lstm"]),
     (RecurrentActorCriticPolicy.evaluate_actions, ["self", "obs", "actions", "lstm_states", "episode_starts"]),
