@@ -1,7 +1,27 @@
-"""cpc-rl: Contrastive Predictive Coding as an auxiliary loss for reinforcement-learning agents."""
+"""cpc-rl: Contrastive Predictive Coding as an auxiliary loss for reinforcement-learning agents.
 
-from cpc_rl.head import NEGATIVE_STRATEGIES, CPCHead, CPCOutput, valid_pairs
-from cpc_rl.infonce import info_nce
+Names load on first use, so that importing a subpackage (the command line's ``--help``, the
+presets) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CPCHead": "cpc_rl.head",
+    "CPCOutput": "cpc_rl.head",
+    "NEGATIVE_STRATEGIES": "cpc_rl.head",
+    "valid_pairs": "cpc_rl.head",
+    "info_nce": "cpc_rl.infonce",
+}
 
 __all__ = ["CPCHead", "CPCOutput", "NEGATIVE_STRATEGIES", "info_nce", "valid_pairs"]
 __version__ = "0.2.0.dev0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cpc_rl' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
