@@ -34,8 +34,16 @@ for name in ("cpc_a2c", "cpc_ppo", "cpc_ppo_lstm"):
 print("imports OK beside a user's own envs/agents/experiments")
 PYTHON
 "$work/venv/bin/cpc-rl" --help > /dev/null
-"$work/venv/bin/cpc-rl" train --algo ppo --steps 100 --run-dir tiny-run --no-progress --set n_steps=50 batch_size=50 \
-  cpc.sequence_length=50 eval_episodes=1 env.max_episode_steps=30 vec_env=dummy
+# A comparison starts its runs in child processes: the installed command line must run them too.
+"$work/venv/bin/cpc-rl" compare --algo ppo --env MiniWorld-Hallway-v0 --arm cpc --seeds 1 --steps 100 --out tiny \
+  --no-progress --set n_steps=50 batch_size=50 cpc.sequence_length=50 eval_episodes=1 env.max_episode_steps=30 \
+  vec_env=dummy > compare.log 2>&1 || { tail -20 compare.log; exit 1; }
+grep -q '"state": "finished"' tiny/runs/MiniWorld-Hallway-v0/cpc/seed_0/status.json
+# Its records name no path of this machine.
+if grep -rlE "$work|$HOME" tiny/runs --include='*.txt' --include='*.yaml' --include='*.json'; then
+  echo "CI: a run recorded a machine path" >&2
+  exit 1
+fi
 conf=$("$py" -c "from importlib.resources import files; print(files('cpc_rl.agents') / 'zoo' / 'cpc_ppo.yml')")
 "$py" -m cpc_rl.zoo train --algo cpc_ppo --env MiniWorld-Hallway-v0 --gym-packages cpc_rl.envs --conf-file "$conf" \
   -n 100 -f zoo-logs --hyperparams n_steps:50 batch_size:50 > zoo.log 2>&1 || { tail -20 zoo.log; exit 1; }

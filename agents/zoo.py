@@ -1,6 +1,6 @@
 """The presets as RL Baselines3 Zoo hyper-parameter files (``agents/zoo/*.yml``), generated, never edited.
 
-    python -m agents.zoo          # rewrite agents/zoo/cpc_a2c.yml, cpc_ppo.yml, cpc_ppo_lstm.yml
+    python -m cpc_rl.agents.zoo        # rewrite agents/zoo/cpc_a2c.yml, cpc_ppo.yml, cpc_ppo_lstm.yml
 
 A test checks the files equal what the presets generate, so the presets stay the one source.
 """

@@ -25,3 +25,8 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'cpc_rl' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    # Tab completion and Sphinx's autodoc list the lazy names too.
+    return sorted({*globals(), *__all__})

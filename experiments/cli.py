@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train, evaluate and compare MiniWorld agents with and without the CPC auxiliary loss.
+"""Train, evaluate and compare MiniWorld and ViZDoom agents with and without the CPC auxiliary loss.
 
     python run_agent.py                       # the main job: a short CPC training run
     python run_agent.py train --env MiniWorld-FourRooms-v0 --algo ppo --aux cpc --steps 200000
@@ -7,7 +7,6 @@
     python run_agent.py eval runs/DIR --episodes 20 --video agent.gif
     python run_agent.py compare --env MiniWorld-SignMemory-v0 --arm none --arm control --arm cpc --steps 75000 --seeds 5
     python run_agent.py report runs/compare         # rebuild a comparison's report from its folder
-    python run_agent.py study-report                # docs/results/rl_study.md from the committed runs
     python run_agent.py probe runs/DIR                # linear probes of the agent's z_t and c_t
     python run_agent.py representation               # the paper's protocol -> docs/results/representation.md
 
@@ -166,11 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--no-progress", action="store_true", help="no bar of runs (terminal) or line per finished run (log)"
     )
-
-    study = commands.add_parser(
-        "study-report", help="rebuild docs/results/rl_study.md from the committed calibration, pilot and study runs"
-    )
-    study.add_argument("root", type=Path, nargs="?", default=Path("docs/results"))
 
     report = commands.add_parser("report", help="rebuild a comparison's report from its folder (finished runs only)")
     report.add_argument("out", type=Path, help="the comparison folder (holds runs/)")
@@ -401,14 +395,6 @@ def command_compare(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def command_study_report(args: argparse.Namespace) -> int:
-    from cpc_rl.experiments.study import status_summary, write_study_document
-
-    path = write_study_document(args.root)
-    print(f"{path} ({status_summary(args.root)})")
-    return 0
-
-
 def command_report(args: argparse.Namespace) -> int:
     from cpc_rl.experiments.compare import find_jobs
     from cpc_rl.experiments.report import write_report
@@ -509,7 +495,6 @@ def main(argv: list[str] | None = None) -> int:
             "eval": command_eval,
             "compare": command_compare,
             "report": command_report,
-            "study-report": command_study_report,
             "probe": command_probe,
             "representation": command_representation,
         }

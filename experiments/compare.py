@@ -31,7 +31,8 @@ from cpc_rl.experiments.safety import FolderLock, sigterm_as_interrupt
 # Arm kind -> the run's aux.
 ARM_KINDS = {"none": "none", "control": "cpc", "cpc": "cpc", "cpca": "cpca"}
 DEFAULT_ARMS = ("none", "control", "cpc")
-RUN_AGENT = Path(__file__).resolve().parent.parent / "run_agent.py"
+# The command line as a module, so that a wheel (which has no run_agent.py) runs its jobs too.
+CLI = ["-m", "cpc_rl.experiments.cli"]
 
 
 @dataclass(frozen=True)
@@ -132,15 +133,15 @@ class Job:
 
     def probe_commands(self) -> list[list[str]]:
         """The ``run_agent.py probe`` commands that take this job's missing probes."""
-        command = [sys.executable, str(RUN_AGENT), "probe", str(self.run_dir), "--episodes", str(self.probe_episodes)]
+        command = [sys.executable, *CLI, "probe", str(self.run_dir), "--episodes", str(self.probe_episodes)]
         return [[*command, "--policy", policy] for policy in self.missing_probes]
 
     def command(self) -> list[str]:
         """The ``run_agent.py train`` command that runs (or resumes) this job."""
         if (self.run_dir / "config.yaml").exists():
-            return [sys.executable, str(RUN_AGENT), "train", "--resume", str(self.run_dir), "--no-progress"]
+            return [sys.executable, *CLI, "train", "--resume", str(self.run_dir), "--no-progress"]
         config = self.config
-        command = [sys.executable, str(RUN_AGENT), "train", "--env", config.env, "--algo", config.algo]
+        command = [sys.executable, *CLI, "train", "--env", config.env, "--algo", config.algo]
         command += ["--aux", config.aux, "--steps", str(config.steps), "--seed", str(config.seed)]
         command += ["--device", config.device, "--run-dir", str(self.run_dir), "--no-progress"]
         if config.n_envs:

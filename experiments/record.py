@@ -8,7 +8,7 @@ before training starts. Classes and functions are written as ``<class module.Nam
 files stay plain YAML; :func:`resolve_references` turns them back into objects for ``--like``.
 
 This module imports torch-free names only at the top, so that it can also describe runs made with
-older code (the backfill runs it inside a checkout of that code).
+older code from inside a checkout of it (as the first study's runs were described afterwards).
 """
 
 from __future__ import annotations
@@ -265,6 +265,37 @@ def _gpu() -> str | None:
     return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
 
 
+def portable_command(argv: list[str] | None = None, cwd: Path | None = None) -> list[str]:
+    """
+    The command line as one would type it again in the folder it ran from: ``python`` for the
+    interpreter, ``cpc-rl`` for the command-line module, and paths inside that folder relative to
+    it, so that no machine's paths go into a run folder (the interpreter's version is recorded beside).
+
+    :param argv: the arguments, ``sys.argv`` by default.
+    :param cwd: the folder it ran from, the working directory by default.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+
+    def relative(arg: str) -> str:
+        key, equals, value = arg.rpartition("=") if "=" in arg else ("", "", arg)
+        if not os.path.isabs(value):
+            return arg
+        try:
+            return key + equals + str(Path(value).relative_to(cwd))
+        except ValueError:
+            return arg
+
+    program = Path(argv[0]) if argv else Path("cpc-rl")
+    if program.suffix != ".py":
+        head = [program.name]  # a console script
+    elif program.parent.name == "experiments" and program.name == "cli.py":
+        head = ["cpc-rl"]  # python -m cpc_rl.experiments.cli, as comparisons start their runs
+    else:
+        head = ["python", relative(str(program))]
+    return [*head, *map(relative, argv[1:])]
+
+
 def provenance(command: list[str] | None = None) -> dict[str, Any]:
     """Where and with what a run segment ran: cpc-rl's version and code, packages, machine, command line."""
     from cpc_rl import __version__
@@ -281,7 +312,7 @@ def provenance(command: list[str] | None = None) -> dict[str, Any]:
             "gpu": _gpu(),
             "system": f"{platform.system()} {platform.release()} {platform.machine()}",
         },
-        "command": list(command if command is not None else [sys.executable, *sys.argv]),
+        "command": list(command if command is not None else portable_command()),
     }
 
 

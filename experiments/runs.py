@@ -56,6 +56,7 @@ from cpc_rl.experiments.record import (
     agent_defining,
     differences,
     effective_settings,
+    portable_command,
     provenance,
     resolve_references,
 )
@@ -601,7 +602,7 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
         if not resume:  # config.yaml stays what the user asked for; settings.yaml says what it built
             write_yaml(run_dir / "config.yaml", config.to_dict())
         with open(run_dir / "command.txt", "a") as file:
-            file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join([sys.executable, *sys.argv])}\n")
+            file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(portable_command())}\n")
         remaining = config.steps - model.num_timesteps
         run.write_status("running", model.num_timesteps)
         with sigterm_as_interrupt():
@@ -622,7 +623,7 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
         # A second Ctrl-C or SIGTERM must not cut the checkpoint short.
         with ignore_stop_signals():
             path = run.save_checkpoint(model)
-            run.write_status("interrupted", model.num_timesteps, checkpoint=str(path))
+            run.write_status("interrupted", model.num_timesteps, checkpoint=str(path.relative_to(run_dir)))
         raise RunInterrupted(
             f"interrupted at {model.num_timesteps} steps; checkpoint {path}; "
             f"resume with: python run_agent.py train --resume {run_dir}"
@@ -634,7 +635,7 @@ def _train_locked(run: Run, resume: bool, created: bool, progress: bool, progres
         index, pid, code = dead[0]
         path = run.save_checkpoint(model)  # the weights of the last completed update
         reason = f"env worker {index} ({config.env}, seed {config.seed + index}, pid {pid}) died: {describe_exit(code)}"
-        run.write_status("failed", model.num_timesteps, reason=reason, checkpoint=str(path))
+        run.write_status("failed", model.num_timesteps, reason=reason, checkpoint=str(path.relative_to(run_dir)))
         raise RunFailed(
             f"{reason}, at step {model.num_timesteps}; checkpoint {path}; "
             f"resume with: python run_agent.py train --resume {run_dir}"

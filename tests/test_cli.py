@@ -68,6 +68,7 @@ def test_train_writes_every_result(tmp_path, aux):
         *settings,
         "eval_freq=80",
         "save_freq=80",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -76,7 +77,11 @@ def test_train_writes_every_result(tmp_path, aux):
         and config["hyperparams"]["n_steps"] == 40
         and config["env_kwargs"] == {"max_episode_steps": 40}
     )
-    assert "run_agent.py train" in (run_dir / "command.txt").read_text()
+    # Recorded as typed again from the folder it ran in: no interpreter path, the run dir relative.
+    command = (run_dir / "command.txt").read_text()
+    assert "run_agent.py train" in command and " --run-dir run " in command and sys.executable not in command
+    provenance = yaml.safe_load((run_dir / "provenance.yaml").read_text())["segments"][0]
+    assert provenance["command"][0] == "python" and provenance["command"][1] == str(REPO / "run_agent.py")
     for name in ("model.zip", "learning_curve.png", "evaluations.csv", "monitor/0.monitor.csv"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "logs" / "segment_0").glob("events.out.tfevents.*"))
@@ -276,7 +281,7 @@ def test_compare_refuses_bad_arms_before_any_run(tmp_path):
     assert_clean_error(run_agent(*hallway, "--arm", "control:coef=1", *common), "control always has coef=0")
     assert_clean_error(run_agent(*hallway, "--arm", "cpc", "--baseline", "none", *common), "is not an arm")
     assert_clean_error(run_agent(*hallway, "--arm", "cpc:horizon=500", *common), "horizon")
-    assert_clean_error(run_agent("compare", "--env", "MiniWorld-Nope-v0", *common), "unknown MiniWorld env id")
+    assert_clean_error(run_agent("compare", "--env", "MiniWorld-Nope-v0", *common), "unknown env id")
     assert_clean_error(run_agent(*hallway, "--probe", 1, *common), "--probe takes a number of episodes >= 2")
     assert_clean_error(run_agent(*hallway, "--steps", 0, "--out", out), "--steps must be >= 1")
     assert_clean_error(run_agent("report", tmp_path / "empty"), "holds no runs")
@@ -321,7 +326,7 @@ def test_compare_on_a_local_ray_instance(tmp_path):
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, trained_run):
     assert_clean_error(
         run_agent("train", "--env", "MiniWorld-Halway-v0", "--run-dir", tmp_path / "x"),
-        "unknown MiniWorld env id",
+        "unknown env id",
         "MiniWorld-Hallway-v0",
     )
     assert_clean_error(run_agent("train", "--algo", "dqn"), "invalid choice")

@@ -33,7 +33,7 @@ def test_gymnasium_and_sb3_checkers_pass(env_id):
 def test_headless_in_a_fresh_process_without_display_prints_nothing():
     environ = {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "PYGLET_HEADLESS", "LP_NUM_THREADS"}}
     code = (
-        "import envs; e = envs.make_env('MiniWorld-OneRoom-v0', seed=0); o, _ = e.reset(); "
+        "from cpc_rl import envs; e = envs.make_env('MiniWorld-OneRoom-v0', seed=0); o, _ = e.reset(); "
         "o2 = e.step(2)[0]; e.close(); import sys; sys.stderr.write(str(o.shape) + str(int(o.std() > 0)))"
     )
     result = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=120)
@@ -205,7 +205,7 @@ def test_obs_size_changes_observations():
 def test_list_envs_holds_every_registered_miniworld_id():
     ids = envs.list_envs()
     assert "MiniWorld-Hallway-v0" in ids and set(envs.SUITE) <= set(ids)
-    assert all(env_id.startswith("MiniWorld-") for env_id in ids)
+    assert all(env_id.startswith(("MiniWorld-", "Vizdoom")) for env_id in ids)
 
 
 def test_bad_input_gets_clear_errors():
@@ -311,7 +311,7 @@ def test_cue_tasks_show_the_cue_at_the_start_and_hide_it_where_the_choice_is_mad
 
 def test_an_unguarded_script_gets_a_clear_error(tmp_path):
     script = tmp_path / "unguarded.py"
-    script.write_text("import envs\nvec = envs.make_vec_env('MiniWorld-Hallway-v0', 2)\nvec.close()\n")
+    script.write_text("from cpc_rl import envs\nvec = envs.make_vec_env('MiniWorld-Hallway-v0', 2)\nvec.close()\n")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert result.returncode != 0
     assert 'if __name__ == "__main__":' in result.stderr.strip().splitlines()[-1]
@@ -320,7 +320,7 @@ def test_an_unguarded_script_gets_a_clear_error(tmp_path):
 def test_a_missing_renderer_says_what_to_install():
     code = (
         "import sys; sys.modules['pyglet'] = None\n"  # as if pyglet or its GL libraries could not load
-        "import envs\n"
+        "from cpc_rl import envs\n"
         "try:\n"
         "    envs.make_env('MiniWorld-Hallway-v0')\n"
         "except envs.RendererUnavailableError as error:\n"

@@ -175,7 +175,7 @@ def test_one_writer_per_run_dir_and_comparison(tmp_path, trained_run):
         [
             sys.executable,
             "-c",
-            f"from experiments.safety import FolderLock; FolderLock({str(run_dir)!r}, 'x').acquire(); "
+            f"from cpc_rl.experiments.safety import FolderLock; FolderLock({str(run_dir)!r}, 'x').acquire(); "
             "print('held', flush=True); import time; time.sleep(60)",
         ],
         cwd=REPO,
@@ -412,7 +412,7 @@ def test_runs_cap_onednn_primitive_cache_so_changing_lstm_shapes_do_not_grow_mem
     script = (
         "import os, sys, psutil, torch\n"
         f"sys.path.insert(0, {str(REPO)!r}); import run_agent\n"
-        "from experiments.safety import _glibc\n"
+        "from cpc_rl.experiments.safety import _glibc\n"
         "torch.set_num_threads(1); lstm = torch.nn.LSTM(64, 64); process = psutil.Process()\n"
         "def resident():\n"
         "    _glibc() and _glibc().malloc_trim(0)\n"

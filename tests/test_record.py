@@ -1,6 +1,7 @@
 """Every run records what it ran (settings.yaml, provenance.yaml); --like replays it; reports use it."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -10,12 +11,19 @@ import yaml
 from cpc_rl.agents.presets import PRESETS
 from cpc_rl.experiments.compare import find_jobs
 from cpc_rl.experiments.config import RunConfig, RunError, apply_overrides
-from cpc_rl.experiments.record import SettingsError, agent_defining, flatten, resolve_references
+from cpc_rl.experiments.record import (
+    SettingsError,
+    agent_defining,
+    flatten,
+    portable_command,
+    resolve_references,
+)
 from cpc_rl.experiments.report import split_mixed_arms, write_report
 from cpc_rl.experiments.runs import like_config, resume_config, train
 from tests.test_report import write_run
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"  # every study's committed runs
 # Two updates of 4 envs x 40 steps (SB3 logs an update's losses at the next), a tiny encoder;
 # everything else from the ppo preset.
 TINY = [
@@ -165,7 +173,7 @@ def test_a2c_records_the_optimizer_it_gives_its_policy():
 
 def test_like_replays_settings_recorded_before_a_cpc_key_existed_as_they_were_trained():
     # The first study's runs predate cpc_kwargs' mode (they trained joint CPC), whatever the default is now.
-    run_dir = REPO / "docs/results/study/runs/MiniWorld-SignMemory-v0/cpc/seed_0"
+    run_dir = REPO / "results/study1/study/runs/MiniWorld-SignMemory-v0/cpc/seed_0"
     recorded = yaml.safe_load((run_dir / "settings.yaml").read_text())["algorithm"]["arguments"]["cpc_kwargs"]
     assert "mode" not in recorded
     cpc_kwargs = like_config(run_dir).cpc_kwargs
@@ -214,7 +222,7 @@ def test_reports_show_arms_by_settings_and_split_a_mixed_arm(tmp_path, capsys):
 
 
 def test_every_committed_run_has_settings_and_provenance():
-    runs = sorted(path.parent for path in (REPO / "docs/results").glob("*/runs/*/*/seed_*/config.yaml"))
+    runs = sorted(path.parent for path in RESULTS.glob("**/runs/*/*/seed_*/config.yaml"))
     assert len(runs) >= 130
     for run_dir in runs:
         settings = yaml.safe_load((run_dir / "settings.yaml").read_text())
@@ -231,3 +239,35 @@ def test_every_committed_run_has_settings_and_provenance():
             assert flat["algorithm.arguments.cpc_kwargs.coef"] == coef
         if config["aux"] == "none":
             assert flat["algorithm.arguments.cpc_kwargs"] is None
+
+
+def test_recorded_commands_hold_no_path_of_the_machine(tmp_path):
+    here = tmp_path / "checkout"
+    argv = [str(here / "run_agent.py"), "train", "--run-dir", str(here / "results/a"), "--set", f"x={here}/b"]
+    assert portable_command(argv, cwd=here) == [
+        "python",
+        "run_agent.py",
+        "train",
+        "--run-dir",
+        "results/a",
+        "--set",
+        "x=b",
+    ]
+    # A comparison starts its runs as python -m cpc_rl.experiments.cli; a console script is its name.
+    assert portable_command([str(REPO / "experiments" / "cli.py"), "probe"], cwd=here) == ["cpc-rl", "probe"]
+    assert portable_command(["/opt/venv/bin/cpc-rl", "train", "--run-dir", "/elsewhere"], cwd=here) == [
+        "cpc-rl",
+        "train",
+        "--run-dir",
+        "/elsewhere",  # outside the folder it ran from: the user's own choice, kept
+    ]
+
+
+def test_no_committed_run_records_a_path_of_the_machine_it_ran_on():
+    found = []
+    for path in RESULTS.glob("**/runs/*/*/seed_*/*"):
+        if path.suffix in {".txt", ".yaml", ".json"} and re.search(
+            r"(^|[\s'\"=])/(work|root|home|tmp|check)/", path.read_text()
+        ):
+            found.append(str(path.relative_to(REPO)))
+    assert not found, f"{len(found)} files, e.g. {found[:3]}"

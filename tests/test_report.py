@@ -1,6 +1,8 @@
 """The comparison report's statistics, checked against hand computations on fixed numbers."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -230,3 +232,12 @@ def test_memory_tasks_probed_on_an_exploring_policy_report_the_cue_from_z_and_c(
     rule = next(line for line in tmaze.splitlines() if line.startswith("|---|"))
     assert header.count("|") == rule.count("|") == none_row.count("|")
     assert "what `c_t` adds is memory" in report
+
+
+def test_a_committed_study_report_rebuilds_from_its_runs(tmp_path):
+    # The committed reports are made from the committed runs alone: rebuilding one gives its numbers.
+    committed = Path(__file__).resolve().parent.parent / "results" / "context_network"
+    copy = shutil.copytree(committed, tmp_path / "context_network")
+    (copy / "report" / "scores.csv").unlink()
+    write_report(find_jobs(copy), copy)
+    assert (copy / "report" / "scores.csv").read_text() == (committed / "report" / "scores.csv").read_text()

@@ -510,7 +510,8 @@ def test_discrete_multidiscrete_and_multibinary_observations_carry_cpc(space):
 
 
 SAVE_LOAD_DICT_CHECK = """
-import sys, numpy as np, envs
+import sys, numpy as np
+from cpc_rl import envs
 envs.list_envs()
 from cpc_rl.sb3 import CPCPPO
 model = CPCPPO.load(sys.argv[1], policy_kwargs={"net_arch": [16]})

@@ -31,7 +31,7 @@ def test_zoo_files_are_the_presets():
     from cpc_rl.agents.zoo import ZOO_FOLDER, zoo_files
 
     for name, text in zoo_files().items():
-        assert (ZOO_FOLDER / name).read_text() == text, f"{name} is stale: run python -m agents.zoo"
+        assert (ZOO_FOLDER / name).read_text() == text, f"{name} is stale: run python -m cpc_rl.agents.zoo"
     entry = yaml.safe_load((ZOO_FOLDER / "cpc_ppo_lstm.yml").read_text())["MiniWorld-SignMemory-v0"]
     assert entry["policy"] == "CnnLstmPolicy" and entry["n_steps"] == 100
     assert entry["n_timesteps"] == 75_000  # the studies' budget
