@@ -109,7 +109,7 @@ def factory_defaults(env_id: str) -> dict[str, Any]:
     if env_id.startswith(VIZDOOM_PREFIX):
         from cpc_rl.envs.vizdoom import vizdoom_defaults
 
-        return vizdoom_defaults()
+        return vizdoom_defaults(env_id)
     return {}
 
 

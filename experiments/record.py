@@ -225,13 +225,16 @@ def code_state(root: Path | None = None) -> dict[str, Any]:
     package) and whether its code (not its results) had uncommitted changes, with a hash of them.
     """
     root = Path(root or Path(__file__).resolve().parent.parent)
+    installed = "not a git checkout: an installed cpc-rl, whose version below is all that is known"
+    if not (root / "setup.cfg").is_file():  # a wheel's site-packages/cpc_rl may sit inside another repository
+        return {"git": installed}
     try:
         commit = _git(root, "rev-parse", "HEAD")
         changed = _git(root, "diff", "--name-only", "HEAD", "--", *CODE_PATHS).splitlines()
         changed += _git(root, "ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS).splitlines()
         diff = _git(root, "diff", "HEAD", "--", *CODE_PATHS)
     except (OSError, subprocess.SubprocessError):
-        return {"git": f"not a git checkout ({root}): the version below is all that is known"}
+        return {"git": installed}
     state: dict[str, Any] = {"commit": commit, "uncommitted_changes": bool(changed)}
     if changed:
         state["changed_files"] = changed

@@ -2,6 +2,7 @@
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ from cpc_rl.experiments.config import RunConfig, RunError, apply_overrides
 from cpc_rl.experiments.record import (
     SettingsError,
     agent_defining,
+    code_state,
     flatten,
     portable_command,
     resolve_references,
@@ -271,3 +273,11 @@ def test_no_committed_run_records_a_path_of_the_machine_it_ran_on():
         ):
             found.append(str(path.relative_to(REPO)))
     assert not found, f"{len(found)} files, e.g. {found[:3]}"
+
+
+def test_an_installed_package_records_no_path_and_not_a_surrounding_repository(tmp_path):
+    # A wheel's site-packages/cpc_rl inside a user's own git repository is not that repository's code.
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "cpc_rl").mkdir()
+    state = code_state(tmp_path / "cpc_rl")
+    assert "commit" not in state and "installed cpc-rl" in state["git"] and str(tmp_path) not in state["git"]

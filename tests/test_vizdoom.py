@@ -116,6 +116,22 @@ def test_without_vizdoom_an_id_names_the_extra_to_install(monkeypatch):
     assert MAZE not in envs.list_envs()
 
 
+def test_scenarios_paying_per_tic_are_scaled_to_returns_near_one():
+    # HealthGathering pays 1 per tic alive: 4 per step at frame_skip 4, 0.04 scaled by its default.
+    scaled = envs.make_env("VizdoomHealthGathering-v1", seed=0)
+    raw = envs.make_env("VizdoomHealthGathering-v1", seed=0, reward_scale=1)
+    maze = envs.make_env(MAZE, seed=0)
+    try:
+        scaled.reset(), raw.reset(), maze.reset()
+        assert scaled.step(0)[1] == pytest.approx(0.04) and raw.step(0)[1] == pytest.approx(4.0)
+        assert maze.step(0)[1] == pytest.approx(-0.0004, abs=1e-6)  # MyWayHome's small time penalty, unscaled
+    finally:
+        scaled.close(), raw.close(), maze.close()
+    for bad in (0, -1.0, float("nan"), "0.01", True):
+        with pytest.raises(ValueError, match="reward_scale must be a positive number"):
+            envs.make_env("VizdoomBasic-v1", reward_scale=bad)
+
+
 def test_train_on_a_vector_of_4_scenarios_records_the_engine(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
@@ -154,6 +170,7 @@ def test_train_on_a_vector_of_4_scenarios_records_the_engine(tmp_path):
     settings = yaml.safe_load((run_dir / "settings.yaml").read_text())
     assert settings["env"]["kwargs"]["frame_skip"] == 4
     assert settings["env"]["kwargs"]["screen_resolution"] == "RES_160X120"
+    assert settings["env"]["kwargs"]["reward_scale"] == 0.01
     assert settings["env"]["observation_shape"] == [60, 80, 3]
     assert settings["env"]["n_envs"] == 4
     provenance = yaml.safe_load((run_dir / "provenance.yaml").read_text())
