@@ -7,7 +7,16 @@ presets) does not import torch.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
+
+# In a checkout, agents/, envs/ and experiments/ sit beside this folder and install as
+# cpc_rl.agents, ... (setup.cfg's package_dir). Looking for subpackages in the checkout too makes
+# a checkout's run_agent.py run that checkout's code even where another checkout is the installed
+# one (a study's frozen worktree beside the main checkout), instead of a mix of both.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "setup.cfg").is_file() and (_CHECKOUT / "envs" / "__init__.py").is_file():
+    __path__.append(str(_CHECKOUT))  # noqa: F821 (a package's __path__)
 
 _EXPORTS = {
     "CPCHead": "cpc_rl.head",

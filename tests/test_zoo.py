@@ -1,5 +1,6 @@
 """The RL Baselines3 Zoo with the CPC algorithms: train, resume, enjoy, record and -optimize on real MiniWorld."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,20 @@ def test_the_library_imports_none_of_agents_envs_or_experiments():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_second_checkout_runs_its_own_code_not_the_installed_one(tmp_path):
+    # A study runs from a worktree frozen at its plan's commit while the main checkout is the one
+    # installed: every cpc_rl module must then come from the worktree, none from the install.
+    for name in ("cpc_rl", "agents", "envs", "experiments"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "setup.cfg", tmp_path / "setup.cfg")
+    code = (
+        "import sys, cpc_rl.envs, cpc_rl.agents.presets, cpc_rl.experiments.record, cpc_rl.sb3\n"
+        "ours = {m.__file__ for n, m in sys.modules.items() if n.startswith('cpc_rl') and m.__file__}\n"
+        "print(*sorted(ours), sep='\\n')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    files = result.stdout.split()
+    assert len(files) > 5 and all(file.startswith(str(tmp_path)) for file in files), files
