@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from cpc_rl import envs
+from cpc_rl.envs.factory import factory_defaults
 from cpc_rl.envs.vizdoom import VIZDOOM_KINDS
 from cpc_rl.experiments.stats import mean_ci
 
@@ -26,10 +27,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(f"uniform random actions, {args.episodes} episodes per task, seed {args.seed}, one process")
-    print("| task | return, mean [95% CI] | episode steps, mean | env steps/s |")
+    print("| task | return, mean [95% CI] (game score / agent's scaled units) | episode steps, mean | env steps/s |")
     print("|---|---|---|---|")
     for env_id in args.envs:
-        env = envs.make_env(env_id, seed=args.seed)
+        raw = {"reward_scale": 1.0} if env_id.startswith("Vizdoom") else {}
+        env = envs.make_env(env_id, seed=args.seed, **raw)
         returns, lengths, steps, seconds = [], [], 0, 0.0
         try:
             for _ in range(args.episodes):
@@ -47,6 +49,9 @@ def main() -> None:
             env.close()
         mean, half = mean_ci(np.array(returns))
         interval = f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
+        scale = factory_defaults(env_id).get("reward_scale", 1.0)  # the agent sees score x scale
+        if scale != 1.0:
+            interval += f" / {mean * scale:.3g} [{(mean - half) * scale:.3g}, {(mean + half) * scale:.3g}]"
         print(f"| {env_id} | {interval} | {np.mean(lengths):.0f} | {steps / seconds:,.0f} |")
 
 
