@@ -215,7 +215,8 @@ def test_compare_arms_write_tables_and_curves_and_skip_finished_runs(tmp_path):
     args = ["compare", "--env", "MiniWorld-Hallway-v0", "--arm", "control", "--arm", "cpc:coef=0.1,horizon=4"]
     args += ["--baseline", "control", "--seeds", 2, "--first-seed", 7, "--steps", 80, "--algo", "ppo"]
     args += ["--workers", 2, "--n-envs", 1, "--out", out, "--probe", 2, *TINY, "eval_freq=40"]
-    result = run_agent(*args)
+    # 4 runs and their probes in 2 processes: ~2 min on 2 idle cores, over 4 beside other tests' runs.
+    result = run_agent(*args, timeout=540)
     assert result.returncode == 0, result.stderr
     # Not a terminal: a log line per finished run instead of a bar.
     lines = [line for line in result.stdout.splitlines() if line.startswith("progress: ")]
