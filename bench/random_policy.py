@@ -30,8 +30,8 @@ def main() -> None:
     print("| task | return, mean [95% CI] (game score / agent's scaled units) | episode steps, mean | env steps/s |")
     print("|---|---|---|---|")
     for env_id in args.envs:
-        raw = {"reward_scale": 1.0} if env_id.startswith("Vizdoom") else {}
-        env = envs.make_env(env_id, seed=args.seed, **raw)
+        scale = factory_defaults(env_id).get("reward_scale", 1.0)  # the agent sees score x scale
+        env = envs.make_env(env_id, seed=args.seed, **({"reward_scale": 1.0} if scale != 1.0 else {}))
         returns, lengths, steps, seconds = [], [], 0, 0.0
         try:
             for _ in range(args.episodes):
@@ -49,7 +49,6 @@ def main() -> None:
             env.close()
         mean, half = mean_ci(np.array(returns))
         interval = f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
-        scale = factory_defaults(env_id).get("reward_scale", 1.0)  # the agent sees score x scale
         if scale != 1.0:
             interval += f" / {mean * scale:.3g} [{(mean - half) * scale:.3g}, {(mean + half) * scale:.3g}]"
         print(f"| {env_id} | {interval} | {np.mean(lengths):.0f} | {steps / seconds:,.0f} |")

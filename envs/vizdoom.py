@@ -205,7 +205,7 @@ def make_vizdoom_env(
         raise ValueError(f"{env_id} is not a ViZDoom scenario cpc-rl takes; choose one of {', '.join(VIZDOOM_KINDS)}")
     if not isinstance(frame_skip, (int, np.integer)) or frame_skip < 1:
         raise ValueError(f"frame_skip must be an integer >= 1; got {frame_skip!r}")
-    reward_scale = REWARD_SCALES.get(env_id, 1.0) if reward_scale is None else reward_scale
+    reward_scale = vizdoom_defaults(env_id)["reward_scale"] if reward_scale is None else reward_scale
     if isinstance(reward_scale, bool) or not isinstance(reward_scale, (int, float)) or not 0 < reward_scale < math.inf:
         raise ValueError(f"reward_scale must be a positive number (e.g. 0.01); got {reward_scale!r}")
     height, width = _resolution_size(vizdoom, screen_resolution)
