@@ -14,9 +14,12 @@ from typing import Any
 # cpc_rl.agents, ... (setup.cfg's package_dir). Looking for subpackages in the checkout too makes
 # a checkout's run_agent.py run that checkout's code even where another checkout is the installed
 # one (a study's frozen worktree beside the main checkout), instead of a mix of both.
-_CHECKOUT = Path(__file__).resolve().parent.parent
-if (_CHECKOUT / "setup.cfg").is_file() and (_CHECKOUT / "envs" / "__init__.py").is_file():
-    __path__.append(str(_CHECKOUT))  # noqa: F821 (a package's __path__)
+_root = Path(__file__).resolve().parent.parent
+CHECKOUT_ROOT: Path | None = None
+"""The checkout this package runs from, or None when it is installed (a wheel)."""
+if (_root / "setup.cfg").is_file() and (_root / "envs" / "__init__.py").is_file():
+    CHECKOUT_ROOT = _root
+    __path__.append(str(_root))  # noqa: F821 (a package's __path__)
 
 _EXPORTS = {
     "CPCHead": "cpc_rl.head",

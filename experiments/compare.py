@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cpc_rl
 from cpc_rl.envs.tasks import CUE_TASKS
 from cpc_rl.experiments.config import PROBE_POLICIES, RunConfig, RunError, RunInterrupted, check_hyperparams
 from cpc_rl.experiments.runs import format_duration, read_config, read_status
@@ -245,8 +246,21 @@ def _run_job_locally(job: Job, threads: int) -> tuple[Job, int, str]:
     return job, 0, ""
 
 
-def _run_command(command: list[str], threads: int) -> tuple[int, str]:
+def child_environ(threads: int) -> dict[str, str]:
+    """
+    The environment of a run's process: ``threads`` threads, and, when this code runs from a
+    checkout, that checkout first on the import path, so that ``python -m cpc_rl...`` runs the same
+    code as the comparison from any working directory, whichever checkout pip installed.
+    """
     environ = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if cpc_rl.CHECKOUT_ROOT is not None:
+        paths = [str(cpc_rl.CHECKOUT_ROOT), *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))]
+        environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return environ
+
+
+def _run_command(command: list[str], threads: int) -> tuple[int, str]:
+    environ = child_environ(threads)
     process = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cpc_rl.envs.vizdoom import VIZDOOM_KINDS
 from cpc_rl.experiments.compare import Job, probe_table
 from cpc_rl.experiments.config import RunError
 from cpc_rl.experiments.files import save_figure_atomically, write_text_atomically
@@ -315,11 +316,13 @@ def env_table(scores: pd.DataFrame, env_id: str, arms: list[str], baseline: str)
         if group.empty:
             continue
         cpc = [f"{group[key].mean():.3f}" if key in group and group[key].notna().any() else "–" for key in columns]
+        # A ViZDoom score counts kills, tics alive or medkits: a positive one is no goal reached.
+        success = "–" if env_id in VIZDOOM_KINDS else f"{group['final_success'].mean():.2f}"
         rows.append(
             f"| {arm} | {len(group)} | {_format(*bootstrap_ci(group['final_return']))} | "
             f"{_format(*bootstrap_ci(group['final_return'], iqm))} | {_format(*bootstrap_ci(group['auc']))} | "
             f"{_format(*bootstrap_ci(group['auc'], iqm))} | "
-            f"{group['final_success'].mean():.2f} | {' | '.join(cpc)} |"
+            f"{success} | {' | '.join(cpc)} |"
         )
     base = of_env[of_env["arm"] == baseline]
     differences = [
@@ -478,6 +481,8 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
     (env, arm) present) ``report/profiles.png`` from the finished runs; return the markdown path.
     Unfinished runs are listed, never counted. Without ``title`` the report keeps the one it had.
     """
+    if not jobs:
+        raise RunError(f"no run in {out_dir} has started yet: nothing to report")
     report_dir = Path(out_dir) / "report"
     title = title or _existing_title(report_dir / "README.md")
     jobs, mixed = split_mixed_arms(jobs)
@@ -503,7 +508,8 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
         f"algo `{config.algo}`; baseline arm `{baseline}`; {len(scores)} finished runs. Final return: the last "
         f"evaluation ({config.eval_episodes} episodes); AUC: mean training-episode return over {CURVE_BINS} equal "
         "spans of the run (the area under the training curve divided by its length). CIs: 95% percentile "
-        "bootstrap over seeds; IQM: interquartile mean. CPC figures: mean over the last 10% of updates.",
+        "bootstrap over seeds; IQM: interquartile mean. Final success: the share of those episodes with a "
+        "positive return (a MiniWorld goal reached; – on ViZDoom). CPC figures: mean over the last 10% of updates.",
         "",
         "![learning curves](curves.png)",
         "",

@@ -451,3 +451,23 @@ def test_probe_on_an_exploring_policy_fits_the_cue_of_a_memory_task(tmp_path):
     assert cue["score"].between(0, 1).all()
     assert "exploring policy blind to the task" in (run_dir / "probe" / "explore.md").read_text()
     assert not (run_dir / "probe" / "probe.csv").exists(), "the agent's own probe is another file"
+
+
+def test_a_comparisons_runs_import_the_comparisons_own_code_from_any_directory(tmp_path):
+    # compare starts each run as `python -m cpc_rl.experiments.cli` in the user's working directory;
+    # from a checkout that pip did not install (or installed elsewhere), the run must still find
+    # this checkout's cpc_rl. `-S` leaves out site-packages, and with it any installed cpc_rl.
+    from cpc_rl.experiments.compare import child_environ
+
+    code = "import cpc_rl; print(cpc_rl.__file__); print(*cpc_rl.__path__, sep='\\n')"
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=child_environ(1),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert all(line.startswith(str(REPO)) for line in result.stdout.split()), result.stdout
+    assert child_environ(3)["OMP_NUM_THREADS"] == "3"

@@ -241,3 +241,23 @@ def test_a_committed_study_report_rebuilds_from_its_runs(tmp_path):
     (copy / "report" / "scores.csv").unlink()
     write_report(find_jobs(copy), copy)
     assert (copy / "report" / "scores.csv").read_text() == (committed / "report" / "scores.csv").read_text()
+
+
+def test_a_report_of_a_folder_without_runs_says_so(tmp_path):
+    with pytest.raises(RunError, match="no run in .* has started yet"):
+        write_report(find_jobs(tmp_path), tmp_path)
+
+
+def test_vizdoom_scores_get_no_success_rate_since_a_positive_score_reaches_no_goal():
+    from cpc_rl.experiments.report import env_table
+
+    rows = [
+        {"env": env_id, "arm": "none", "seed": seed, "final_return": 2.0, "auc": 1.0, "final_success": 1.0}
+        for env_id in ("VizdoomDefendCenter-v1", "MiniWorld-Hallway-v0")
+        for seed in (1, 2)
+    ]
+    scores = pd.DataFrame(rows)
+    vizdoom_row = env_table(scores, "VizdoomDefendCenter-v1", ["none"], "none").splitlines()[2]
+    miniworld_row = env_table(scores, "MiniWorld-Hallway-v0", ["none"], "none").splitlines()[2]
+    assert vizdoom_row.split("|")[7].strip() == "–"
+    assert miniworld_row.split("|")[7].strip() == "1.00"
