@@ -390,11 +390,11 @@ def command_compare(args: argparse.Namespace) -> int:
         for line in failures:
             print(f"run failed: {line}", file=sys.stderr)
         # The report covers every run in the folder, also those of earlier compare commands.
-        done = [job for job in find_jobs(args.out) if job.finished]
-        if not done:
+        on_disk = find_jobs(args.out)
+        if not any(job.finished for job in on_disk):
             print(f"compare: no run in {args.out} has finished, so there is no report", file=sys.stderr)
             return 1
-        report = write_report(find_jobs(args.out), args.out, args.baseline, args.title)
+        report = write_report(on_disk, args.out, args.baseline, args.title)
     print(f"report: {report} (tables), {report.parent / 'curves.png'} (learning curves)")
     return 1 if failures else 0
 
