@@ -73,7 +73,8 @@ def goals_section(goals: list[Goal], scores: pd.DataFrame) -> list[str]:
     lines = [
         "## Pre-registered goals",
         "",
-        f"From `{GOALS_FILE}`, written before the runs. P(arm > against) with its 95% bootstrap CI over seeds; "
+        f"From `{GOALS_FILE}`: the decision rule the study's plan wrote down before its runs. "
+        "P(arm > against) with its 95% bootstrap CI over seeds; "
         "a goal is untested while any of its envs lacks seeds.",
         "",
         "| goal | env | seeds | P [95% CI] | passes |",

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cpc_rl
+
 SETTINGS_FILE = "settings.yaml"
 PROVENANCE_FILE = "provenance.yaml"
 CODE_PATHS = ("cpc_rl", "agents", "envs", "experiments", "run_agent.py", "setup.cfg", "pyproject.toml")
@@ -224,9 +226,9 @@ def code_state(root: Path | None = None) -> dict[str, Any]:
     The code a run ran: the git commit of the checkout ``root`` (default: the one holding this
     package) and whether its code (not its results) had uncommitted changes, with a hash of them.
     """
-    root = Path(root or Path(__file__).resolve().parent.parent)
+    root = Path(root) if root else cpc_rl.CHECKOUT_ROOT
     installed = "not a git checkout: an installed cpc-rl, whose version below is all that is known"
-    if not (root / "setup.cfg").is_file():  # a wheel's site-packages/cpc_rl may sit inside another repository
+    if root is None or not (root / "setup.cfg").is_file():  # a wheel may sit inside another repository
         return {"git": installed}
     try:
         commit = _git(root, "rev-parse", "HEAD")
