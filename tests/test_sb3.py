@@ -447,6 +447,38 @@ def test_ppo_horizon_must_fit_the_minibatch_sequences():
         build("ppo", {"horizon": 3, "sequence_length": 5})
 
 
+def test_ppo_with_cpc_normalizes_advantages_over_the_rollout_not_each_piece_minibatch():
+    """
+    Minibatches of a few pieces, normalized each on its own, would scale up the advantages of a
+    piece in which nothing happened; CPCPPO normalizes over the rollout, as plain PPO's shuffled
+    minibatches nearly do.
+    """
+
+    def minibatches_seen(model):
+        seen = []
+        draw = model.rollout_buffer.get
+
+        def recording_get(batch_size=None):
+            for samples in draw(batch_size):
+                seen.append((samples.advantages.clone(), model.normalize_advantage))
+                yield samples
+
+        model.rollout_buffer.get = recording_get
+        model.learn(model.n_steps * model.n_envs)
+        return seen
+
+    cpc = build("ppo", {**CPC, "coef": 0.0}, n_steps=24, batch_size=12, n_epochs=1, env=vec_env(n_envs=2))
+    seen = minibatches_seen(cpc)
+    advantages = torch.cat([batch for batch, _ in seen])
+    assert len(seen) == 4 and not any(flag for _, flag in seen)  # PPO's own normalization was off
+    assert abs(advantages.mean().item()) < 1e-5 and abs(advantages.std().item() - 1) < 1e-4
+    assert max(abs(batch.std().item() - 1) for batch, _ in seen) > 0.05  # minibatches were not normalized each
+    assert cpc.normalize_advantage  # restored after the update, so saving records the user's setting
+
+    plain = build("ppo", None, n_steps=24, batch_size=12, n_epochs=1, env=vec_env(n_envs=2))
+    assert all(flag for _, flag in minibatches_seen(plain))  # plain PPO: SB3's per-minibatch normalization
+
+
 def sign_vec_env(n_envs=2):
     """MiniWorld's own Sign task: Dict(obs=image, goal=Discrete(2)) observations."""
     envs.list_envs()  # imports miniworld headless, with one display list per env

