@@ -64,12 +64,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--rollouts", type=int, default=30)
+    parser.add_argument("--piece", type=int, default=50, help="steps per piece (the PPO presets: 50)")
+    parser.add_argument(
+        "--pieces-per-batch", type=int, default=4, help="pieces per minibatch (4; the recurrent presets: 2 of 100)"
+    )
     parser.add_argument("--old-layout", type=Path, help="a checkout of the layout that saved the model")
     args = parser.parse_args()
     if args.old_layout:
         sys.path.append(str(args.old_layout.resolve()))  # after this checkout's, so only unpickling uses it
     torch.set_num_threads(1)
-    for name, ratio in spread_ratios(args.run_dir, args.rollouts).items():
+    for name, ratio in spread_ratios(args.run_dir, args.rollouts, args.piece, args.pieces_per_batch).items():
         print(
             f"{name:>8}: rollout std / minibatch std: median {np.median(ratio):.2f}, "
             f"90th percentile {np.percentile(ratio, 90):.2f}, max {ratio.max():.2f}, "
