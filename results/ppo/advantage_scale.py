@@ -20,15 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import CallbackList
 
 from cpc_rl.envs import make_vec_env
 from cpc_rl.sb3 import CPCPPO
-
-
-class _Continue(BaseCallback):
-    def _on_step(self) -> bool:
-        return True
 
 
 def spread_ratios(run_dir: Path, rollouts: int, piece: int = 50, pieces_per_batch: int = 4) -> dict[str, np.ndarray]:
@@ -36,7 +31,7 @@ def spread_ratios(run_dir: Path, rollouts: int, piece: int = 50, pieces_per_batc
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     env = make_vec_env(config["env"], 4, seed=5000, vec_env="dummy")
     model = CPCPPO.load(run_dir / "model.zip", env=env, device="cpu")
-    callback = _Continue()
+    callback = CallbackList([])  # collect_rollouts asks a callback whether to go on
     callback.init_callback(model)
     model._last_obs = model.env.reset()
     model._last_episode_starts = np.ones(model.n_envs, dtype=bool)
