@@ -131,11 +131,15 @@ def parse_value(text: str) -> Any:
         return text
 
 
+_SET_PREFIX_ALIASES = {"cpc_kwargs": "cpc", "env_kwargs": "env", "policy_kwargs": "policy"}
+
+
 def apply_overrides(config: RunConfig, assignments: list[str]) -> RunConfig:
     """
     Apply ``key=value`` overrides: ``cpc.KEY`` goes to ``cpc_kwargs``, ``env.KEY`` to
-    ``env_kwargs``, ``policy.KEY`` to the policy kwargs, a run setting (``eval_freq``, ...) to
-    the run, anything else to the algorithm's hyper-parameters.
+    ``env_kwargs``, ``policy.KEY`` to the policy kwargs (``cpc_kwargs.KEY``, ``env_kwargs.KEY``
+    and ``policy_kwargs.KEY``, the names SB3 users know, work too), a run setting
+    (``eval_freq``, ...) to the run, anything else to the algorithm's hyper-parameters.
     """
     data = config.to_dict()
     run_keys = set(data) - {"hyperparams", "cpc_kwargs", "env_kwargs"}
@@ -146,6 +150,7 @@ def apply_overrides(config: RunConfig, assignments: list[str]) -> RunConfig:
             raise RunError(f"--set needs key=value; got {assignment!r}")
         value = parse_value(text.strip())
         prefix, _, rest = key.partition(".")
+        prefix = _SET_PREFIX_ALIASES.get(prefix, prefix)
         if prefix == "cpc" and rest:
             data["cpc_kwargs"][rest] = value
         elif prefix == "env" and rest:

@@ -357,6 +357,19 @@ def test_mistakes_are_refused_before_any_env_worker_starts(tmp_path):
         assert not run_dir.exists()
 
 
+def test_set_takes_the_sb3_kwargs_names_as_well_as_the_short_prefixes():
+    from cpc_rl.experiments.config import RunConfig, apply_overrides
+
+    base = RunConfig(algo="ppo", aux="cpc")
+    sb3_names = ["cpc_kwargs.horizon=4", "env_kwargs.max_episode_steps=50", "policy_kwargs.ortho_init=False"]
+    long = apply_overrides(base, sb3_names)
+    short = apply_overrides(base, ["cpc.horizon=4", "env.max_episode_steps=50", "policy.ortho_init=False"])
+    assert long == short
+    assert long.cpc_kwargs == {"horizon": 4}
+    assert long.env_kwargs == {"max_episode_steps": 50}
+    assert long.hyperparams == {"policy_kwargs": {"ortho_init": False}}
+
+
 def test_help_and_argument_errors_do_not_import_torch():
     code = (
         "import contextlib, io, sys, run_agent\n"
