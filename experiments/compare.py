@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -260,23 +261,36 @@ def child_environ(threads: int) -> dict[str, str]:
 
 
 def _run_command(command: list[str], threads: int) -> tuple[int, str]:
-    environ = child_environ(threads)
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environ,
-        preexec_fn=_stop_with_parent,
-    )
-    with _live_lock:
-        _live_runs.add(process)
-    try:
-        _, stderr = process.communicate()
-    finally:
+    """Run one command to its end; its exit code and the last line it wrote to stderr."""
+    # stderr goes to a file, not a pipe: a pipe is read to its end, and a process the command
+    # started and left behind (a ViZDoom engine of a run killed mid-episode) would hold it open forever.
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            env=child_environ(threads),
+            preexec_fn=_stop_with_parent,
+            start_new_session=True,  # its own process group, so that what it leaves behind can be found
+        )
         with _live_lock:
-            _live_runs.discard(process)
-    return process.returncode, stderr.strip().splitlines()[-1] if stderr.strip() else ""
+            _live_runs.add(process)
+        try:
+            process.wait()
+        finally:
+            with _live_lock:
+                _live_runs.discard(process)
+            _kill_left_behind(process)
+        stderr.seek(0)
+        lines = stderr.read().strip().splitlines()
+    return process.returncode, lines[-1] if lines else ""
+
+
+def _kill_left_behind(process: subprocess.Popen) -> None:
+    """Kill what an ended command left in its process group: its own state is saved, theirs is not needed."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def stop_live_runs(timeout: float = 120.0) -> int:

@@ -1,12 +1,14 @@
 """Faults of long runs, injected against real MiniWorld: dead env workers, NaN, two writers,
 a stopped comparison, a full disk. Each must stop cleanly, say what happened in one line, and lose nothing."""
 
+import contextlib
 import json
 import os
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import gymnasium as gym
@@ -427,3 +429,27 @@ def test_runs_cap_onednn_primitive_cache_so_changing_lstm_shapes_do_not_grow_mem
     assert result.returncode == 0, result.stderr
     capacity, growth_mb = result.stdout.split()
     assert capacity == "64" and float(growth_mb) < 20, result.stdout
+
+
+def test_a_run_command_that_leaves_a_process_behind_ends_and_takes_it_along():
+    # A run killed mid-episode left its ViZDoom engine running with the run's stderr open, and the
+    # comparison waited for that stderr to end, forever.
+    from cpc_rl.experiments.compare import _run_command
+
+    leaves_a_sleeper = "import subprocess, sys; print(subprocess.Popen(['sleep', '600']).pid, file=sys.stderr); exit(3)"
+    command = [sys.executable, "-c", leaves_a_sleeper]
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=_run_command(command, 1)))
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the command's end was not seen while the process it left behind lived"
+    code, last_line = result["out"]
+    assert code == 3
+    left_behind = int(last_line)
+
+    def gone():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return psutil.Process(left_behind).status() == psutil.STATUS_ZOMBIE
+        return True
+
+    assert wait_for(gone), "the process the command left behind still runs"
