@@ -8,9 +8,9 @@
 # Run it from the main checkout, after `pip install torch==2.13.0 && pip install -e ".[experiments,vizdoom]"`.
 # It makes the worktree ../study-<name> and its virtual environment if they are missing, copies
 # the runs this checkout has committed into it (so that `compare` skips them), and runs the plan's
-# commands in the foreground (one run at a time unless WORKERS says more); start it with `nohup setsid ... &` to leave it
-# running. WORKERS (default 1) runs that many at a time; each run is its own process with one
-# thread and its own seed, so the count changes how soon runs finish, never what they compute.
+# commands in the foreground; start it with `nohup setsid ... &` to leave it running. WORKERS
+# (default 1) runs that many at a time; each run is its own process with one thread and its own
+# seed, so the count changes how soon runs finish, never what they compute.
 # Collect what finishes with results/collect.py. Stop it with SIGTERM to the `compare`
 # process: the run under way saves a checkpoint and resumes from it next time.
 set -euo pipefail
