@@ -362,6 +362,30 @@ def score_matrices(scores: pd.DataFrame, metric: str, arms: list[str]) -> dict[s
     }
 
 
+def scaled_for_aggregate(scores: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Scores on one scale across envs, as rliable's IQM and profiles need, and a sentence saying which.
+
+    MiniWorld's returns lie in [0, 1] and are kept. Other engines' (ViZDoom's kills, tics alive)
+    differ in range from task to task: each env's final return and AUC are min-max normalised over
+    the comparison's own runs, all arms together, which leaves every P(arm > baseline) as it was.
+
+    :param scores: one row per run, with ``env``, ``final_return`` and ``auc``
+    :return: the scores to aggregate, and the sentence for the report
+    """
+    metrics = ["final_return", "auc"]
+    if ((scores[metrics] >= 0.0) & (scores[metrics] <= 1.0)).all().all():
+        return scores, "returns of these tasks lie in [0, 1]."
+    scaled = scores.copy()
+    for metric in metrics:
+        by_env = scores.groupby("env")[metric]
+        low, high = by_env.transform("min"), by_env.transform("max")
+        scaled[metric] = ((scores[metric] - low) / (high - low).where(high > low, 1.0)).astype(float)
+    return scaled, (
+        "returns of these tasks do not lie in [0, 1], so the IQMs and the profiles below are of each env's "
+        "scores min-max normalised over this comparison's runs (0: its lowest run, 1: its highest)."
+    )
+
+
 def aggregate_table(scores: pd.DataFrame, arms: list[str], baseline: str, reps: int = 2000) -> str:
     """rliable across envs and seeds: IQM with stratified bootstrap CIs, and P(arm > baseline) with its CI."""
     rows = ["| metric | arm | IQM [95% stratified bootstrap CI] | P(arm > baseline) [95% CI] |", "|---|---|---|---|"]
@@ -532,14 +556,16 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
         gradients = gradient_table(scores, env_id, arms)
         lines += [gradients, ""] if gradients else []
     present = scores.groupby(["env", "arm"]).size()
-    if len(present) == len(env_ids) * len(arms) and len(env_ids) > 1:
-        plot_profiles(scores, arms, report_dir / "profiles.png")
+    # A bootstrap over seeds needs two of them; a calibration of one seed per task gets none.
+    if len(present) == len(env_ids) * len(arms) and len(env_ids) > 1 and present.min() > 1:
+        aggregated, scale = scaled_for_aggregate(scores)
+        plot_profiles(aggregated, arms, report_dir / "profiles.png")
         lines += [
             "## Aggregate over envs (rliable)",
             "",
-            f"{int(present.min())} seeds per (env, arm) enter; returns of these tasks lie in [0, 1].",
+            f"{int(present.min())} seeds per (env, arm) enter; {scale}",
             "",
-            aggregate_table(scores, arms, baseline),
+            aggregate_table(aggregated, arms, baseline),
             "",
             "![performance profiles](profiles.png)",
             "",

@@ -12,7 +12,13 @@ import yaml
 from cpc_rl.experiments.compare import Arm, find_jobs, parse_arm, plan_jobs
 from cpc_rl.experiments.config import RunConfig, RunError
 from cpc_rl.experiments.goals import Goal
-from cpc_rl.experiments.report import aggregate_table, run_scores, training_curve, write_report
+from cpc_rl.experiments.report import (
+    aggregate_table,
+    run_scores,
+    scaled_for_aggregate,
+    training_curve,
+    write_report,
+)
 from cpc_rl.experiments.stats import difference_ci, iqm, probability_of_improvement
 
 STEPS = 1000
@@ -115,6 +121,36 @@ def test_the_aggregate_is_the_same_on_every_rebuild(comparison):
     before = np.random.get_state()[1].copy()
     assert aggregate_table(scores, arms, "none", reps=200) == first
     assert np.array_equal(np.random.get_state()[1], before)  # and it is given back as it was
+
+
+def test_returns_outside_0_1_are_put_on_one_scale_before_they_are_aggregated():
+    # ViZDoom-like: kills on one task (about 3-8), tics or hits on another (about 13-17).
+    rng = np.random.default_rng(0)
+    rows = [
+        {"env": env, "arm": arm, "seed": seed, "final_return": base + shift + rng.normal(), "auc": base + shift}
+        for env, base in (("DefendCenter", 3.0), ("DefendLine", 13.0))
+        for arm, shift in (("none", 0.0), ("cpc", 2.0))
+        for seed in range(6)
+    ]
+    scores = pd.DataFrame(rows)
+    scaled, sentence = scaled_for_aggregate(scores)
+    assert "min-max normalised" in sentence
+    for _, env_scores in scaled.groupby("env"):
+        for metric in ("final_return", "auc"):
+            assert env_scores[metric].min() == pytest.approx(0.0) and env_scores[metric].max() == pytest.approx(1.0)
+    raw_row, scaled_row = (
+        next(
+            line
+            for line in aggregate_table(table, ["none", "cpc"], "none", reps=200).splitlines()
+            if "| final_return | cpc" in line
+        )
+        for table in (scores, scaled)
+    )
+    # P(arm > baseline) does not depend on each env's scale; the IQM now lies in [0, 1].
+    assert raw_row.split("|")[-2] == scaled_row.split("|")[-2]
+    assert 0.0 <= float(scaled_row.split("|")[3].split()[0]) <= 1.0 < float(raw_row.split("|")[3].split()[0])
+    unchanged, sentence = scaled_for_aggregate(scores.assign(final_return=0.5, auc=0.25))
+    assert sentence == "returns of these tasks lie in [0, 1]." and (unchanged["auc"] == 0.25).all()
 
 
 def test_report_refuses_a_baseline_that_is_not_an_arm(comparison):
