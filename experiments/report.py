@@ -462,28 +462,31 @@ def plot_curves(jobs: list[Job], env_ids: list[str], arms: list[str], path: Path
     return path
 
 
-def plot_profiles(scores: pd.DataFrame, arms: list[str], path: Path) -> Path:
+def plot_profiles(scores: pd.DataFrame, arms: list[str], path: Path, xlabel: str = "final evaluation return τ") -> Path:
     """rliable's performance profiles of the final return (fraction of runs above each score)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from rliable import library as rly
     from rliable import plot_utils
 
     matrices = score_matrices(scores, "final_return", arms)
     thresholds = np.linspace(0.0, 1.0, 51)
     distributions, bands = rly.create_performance_profile(matrices, thresholds, reps=500)
+    colours = dict(zip(arms, ARM_COLOURS * 4, strict=False))
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
     plot_utils.plot_performance_profiles(
         distributions,
         thresholds,
         performance_profile_cis=bands,
-        colors=dict(zip(arms, ARM_COLOURS * 4, strict=False)),
-        xlabel="final evaluation return τ",
+        colors=colours,
+        xlabel=xlabel,
         ax=axis,
     )
-    axis.legend(arms, fontsize=7)
+    # Labels alone would go to the first artists drawn, a line and its band, not to one line per arm.
+    axis.legend(handles=[Line2D([], [], color=colours[arm], label=arm) for arm in arms], fontsize=7)
     save_figure_atomically(figure, path)
     plt.close(figure)
     return path
@@ -559,7 +562,8 @@ def write_report(jobs: list[Job], out_dir: Path, baseline: str | None = None, ti
     # A bootstrap over seeds needs two of them; a calibration of one seed per task gets none.
     if len(present) == len(env_ids) * len(arms) and len(env_ids) > 1 and present.min() > 1:
         aggregated, scale = scaled_for_aggregate(scores)
-        plot_profiles(aggregated, arms, report_dir / "profiles.png")
+        normalised = " (min-max normalised per task)" if aggregated is not scores else ""
+        plot_profiles(aggregated, arms, report_dir / "profiles.png", f"final evaluation return τ{normalised}")
         lines += [
             "## Aggregate over envs (rliable)",
             "",

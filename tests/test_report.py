@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from cpc_rl.experiments import report as report_module
 from cpc_rl.experiments.compare import Arm, find_jobs, parse_arm, plan_jobs
 from cpc_rl.experiments.config import RunConfig, RunError
 from cpc_rl.experiments.goals import Goal
@@ -151,6 +152,18 @@ def test_returns_outside_0_1_are_put_on_one_scale_before_they_are_aggregated():
     assert 0.0 <= float(scaled_row.split("|")[3].split()[0]) <= 1.0 < float(raw_row.split("|")[3].split()[0])
     unchanged, sentence = scaled_for_aggregate(scores.assign(final_return=0.5, auc=0.25))
     assert sentence == "returns of these tasks lie in [0, 1]." and (unchanged["auc"] == 0.25).all()
+
+
+def test_the_profiles_legend_gives_each_arm_its_own_line_colour(comparison, monkeypatch):
+    figures = []
+    monkeypatch.setattr(report_module, "save_figure_atomically", lambda figure, path: figures.append(figure))
+    scores = pd.DataFrame([score for job in find_jobs(comparison) if (score := run_scores(job)) is not None])
+    arms = sorted(scores["arm"].unique())
+    report_module.plot_profiles(scores, arms, comparison / "profiles.png")
+    legend = figures[0].axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == arms
+    colours = [handle.get_color() for handle in legend.legend_handles]
+    assert len(set(colours)) == len(arms)
 
 
 def test_report_refuses_a_baseline_that_is_not_an_arm(comparison):
