@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -373,7 +375,9 @@ def scaled_for_aggregate(scores: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     :return: the scores to aggregate, and the sentence for the report
     """
     metrics = ["final_return", "auc"]
-    if ((scores[metrics] >= 0.0) & (scores[metrics] <= 1.0)).all().all():
+    values = scores[metrics].to_numpy(dtype=float)
+    values = values[~np.isnan(values)]  # a missing score says nothing about the scale
+    if ((values >= 0.0) & (values <= 1.0)).all():
         return scores, "returns of these tasks lie in [0, 1]."
     scaled = scores.copy()
     for metric in metrics:
@@ -386,18 +390,24 @@ def scaled_for_aggregate(scores: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     )
 
 
-def aggregate_table(scores: pd.DataFrame, arms: list[str], baseline: str, reps: int = 2000) -> str:
-    """rliable across envs and seeds: IQM with stratified bootstrap CIs, and P(arm > baseline) with its CI."""
-    rows = ["| metric | arm | IQM [95% stratified bootstrap CI] | P(arm > baseline) [95% CI] |", "|---|---|---|---|"]
-    # rliable resamples with numpy's global generator (its random_state argument does not reach the
-    # draws): seed it here, and give it back, so that a report rebuilt from a folder is the same.
+@contextmanager
+def _seeded_rliable_draws() -> Iterator[None]:
+    """rliable resamples with numpy's global generator (its random_state argument does not reach the
+    draws): seed it, and give it back, so that a report rebuilt from a folder is the same."""
     global_state = np.random.get_state()
     np.random.seed(0)
     try:
-        for metric in ("final_return", "auc"):
-            rows += _aggregate_rows(score_matrices(scores, metric, arms), metric, arms, baseline, reps)
+        yield
     finally:
         np.random.set_state(global_state)
+
+
+def aggregate_table(scores: pd.DataFrame, arms: list[str], baseline: str, reps: int = 2000) -> str:
+    """rliable across envs and seeds: IQM with stratified bootstrap CIs, and P(arm > baseline) with its CI."""
+    rows = ["| metric | arm | IQM [95% stratified bootstrap CI] | P(arm > baseline) [95% CI] |", "|---|---|---|---|"]
+    with _seeded_rliable_draws():
+        for metric in ("final_return", "auc"):
+            rows += _aggregate_rows(score_matrices(scores, metric, arms), metric, arms, baseline, reps)
     return "\n".join(rows)
 
 
@@ -474,7 +484,8 @@ def plot_profiles(scores: pd.DataFrame, arms: list[str], path: Path, xlabel: str
 
     matrices = score_matrices(scores, "final_return", arms)
     thresholds = np.linspace(0.0, 1.0, 51)
-    distributions, bands = rly.create_performance_profile(matrices, thresholds, reps=500)
+    with _seeded_rliable_draws():
+        distributions, bands = rly.create_performance_profile(matrices, thresholds, reps=500)
     colours = dict(zip(arms, ARM_COLOURS * 4, strict=False))
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
     plot_utils.plot_performance_profiles(

@@ -150,7 +150,7 @@ def test_returns_outside_0_1_are_put_on_one_scale_before_they_are_aggregated():
     # P(arm > baseline) does not depend on each env's scale; the IQM now lies in [0, 1].
     assert raw_row.split("|")[-2] == scaled_row.split("|")[-2]
     assert 0.0 <= float(scaled_row.split("|")[3].split()[0]) <= 1.0 < float(raw_row.split("|")[3].split()[0])
-    unchanged, sentence = scaled_for_aggregate(scores.assign(final_return=0.5, auc=0.25))
+    unchanged, sentence = scaled_for_aggregate(scores.assign(final_return=[0.5, np.nan] * 12, auc=0.25))
     assert sentence == "returns of these tasks lie in [0, 1]." and (unchanged["auc"] == 0.25).all()
 
 
@@ -159,7 +159,13 @@ def test_the_profiles_legend_gives_each_arm_its_own_line_colour(comparison, monk
     monkeypatch.setattr(report_module, "save_figure_atomically", lambda figure, path: figures.append(figure))
     scores = pd.DataFrame([score for job in find_jobs(comparison) if (score := run_scores(job)) is not None])
     arms = sorted(scores["arm"].unique())
+    before = np.random.get_state()[1].copy()
     report_module.plot_profiles(scores, arms, comparison / "profiles.png")
+    report_module.plot_profiles(scores, arms, comparison / "profiles.png")
+    assert np.array_equal(np.random.get_state()[1], before)  # its bootstrap draws leave the caller's alone
+    # and are the same each time: the bands of two drawings match
+    first, second = (figure.axes[0].collections[0].get_paths()[0].vertices for figure in figures)
+    assert np.array_equal(first, second)
     legend = figures[0].axes[0].get_legend()
     assert [text.get_text() for text in legend.get_texts()] == arms
     colours = [handle.get_color() for handle in legend.legend_handles]
