@@ -383,7 +383,7 @@ def scaled_for_aggregate(scores: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     for metric in metrics:
         by_env = scores.groupby("env")[metric]
         low, high = by_env.transform("min"), by_env.transform("max")
-        scaled[metric] = ((scores[metric] - low) / (high - low).where(high > low, 1.0)).astype(float)
+        scaled[metric] = (scores[metric] - low) / (high - low).where(high > low, 1.0)
     return scaled, (
         "returns of these tasks do not lie in [0, 1], so the IQMs and the profiles below are of each env's "
         "scores min-max normalised over this comparison's runs (0: its lowest run, 1: its highest)."
